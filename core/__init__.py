@@ -1,0 +1,1 @@
+"""ResNet Lab engine: models, summaries, probes, schedules, data, training. Never imports streamlit."""

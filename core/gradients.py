@@ -1,0 +1,294 @@
+"""Gradient-flow probe: what one backward pass sends to every weight of a ResNet or its plain twin.
+
+One forward and one backward pass give the L2 norm of the gradient of every parameter tensor,
+the same norms aggregated per block and per layer group (core.groups), and the standard
+deviation of every block's output (forward hooks). There is no backward per layer, so a probe
+costs about one training step. Running the probe on a few optimiser steps gives the layer × step
+picture, which changes sharply after the first updates.
+
+Every network in a comparison gets the same seed, the same batches and the same loss, so the
+only differences are the ones the user toggled. A configuration whose loss, activations or
+gradients stop being finite is reported as diverged, with the place where it happened, instead
+of numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.errors import LabError
+from core.engine import TrainStep
+from core.groups import default_groups, group_of, params_by_group
+from core.models import ResNetConfig, build_resnet, validate
+
+logger = logging.getLogger(__name__)
+
+DATA_SOURCES = ("digits", "noise")
+MAX_BATCH_SIZE = 256
+MAX_STEPS = 50
+STEM = "stem"  # name of the stem's output in the forward-signal series
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How a comparison is probed; identical for every network compared."""
+
+    batch_size: int = 32  # images per probe batch
+    data: str = "digits"  # "digits": embedded real images, upscaled; "noise": N(0, 1) pixels
+    seed: int = 0  # seeds the weights of every network and the batches
+    steps: int = 0  # optimiser steps probed after step 0 (the heatmap's columns are 0..steps)
+    lr: float = 0.1  # SGD learning rate of those steps (He et al. 2016 start CIFAR at 0.1)
+    momentum: float = 0.9  # SGD momentum, as He et al. 2016
+
+    def validate(self) -> None:
+        if self.data not in DATA_SOURCES:
+            raise LabError("errors.bad_choice", field="data", value=self.data, allowed=", ".join(DATA_SOURCES))
+        if not 2 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise LabError("grad.err_batch_size", value=self.batch_size, low=2, high=MAX_BATCH_SIZE)
+        if not 0 <= self.steps <= MAX_STEPS:
+            raise LabError("grad.err_steps", value=self.steps, high=MAX_STEPS)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise LabError("grad.err_lr", value=self.lr)
+
+
+@dataclass
+class ProbeResult:
+    """Gradient norms and forward signal of one network at one step.
+
+    Dicts keep the model's order, input side first. When `diverged` is True the numbers
+    are not meaningful and `divergence` says where the first non-finite value appeared.
+    """
+
+    step: int
+    loss: float
+    param_grad_norm: dict[str, float]  # every parameter tensor, by name
+    block_grad_norm: dict[str, float]  # "layer2.3": norm over all parameters of the block
+    group_grad_norm: dict[str, float]  # "stem", "layer1", ..., "head"
+    block_output_std: dict[str, float]  # "stem", then every block's output
+    main_path: list[str]  # weight names of the weighted layers, input to output (weighted_depth)
+    diverged: bool = False
+    divergence: dict[str, str] | None = None  # {"where": "loss"|"forward"|"gradient", "at": name}
+
+    @property
+    def first_last_ratio(self) -> float | None:
+        """‖∂L/∂W‖ of the first weighted layer over that of the last (stem conv over fc).
+
+        Both layers have the same shape at every depth of a family, so the ratio isolates
+        what depth does. None when the last layer's gradient is exactly zero.
+        """
+        first = self.param_grad_norm[self.main_path[0]]
+        last = self.param_grad_norm[self.main_path[-1]]
+        if self.diverged or last == 0.0:
+            return None
+        return first / last
+
+    def main_path_norms(self) -> list[float]:
+        return [self.param_grad_norm[name] for name in self.main_path]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["first_last_ratio"] = self.first_last_ratio
+        return data
+
+
+@dataclass
+class _Layout:
+    """Where each parameter of a model sits: its block and its layer group."""
+
+    block_of: dict[str, str | None] = field(default_factory=dict)
+    group_of: dict[str, str] = field(default_factory=dict)
+    main_path: list[str] = field(default_factory=list)
+
+
+def _layout(model: nn.Module) -> _Layout:
+    layout = _Layout()
+    groups = default_groups(model)
+    block_names = [name for name, _ in model.blocks()]
+    for name, _ in model.named_parameters():
+        layout.group_of[name] = group_of(name, groups)
+        layout.block_of[name] = next((block for block in block_names if name.startswith(block + ".")), None)
+
+    module_names = {id(module): name for name, module in model.named_modules()}
+    layout.main_path.append("conv1.weight")
+    for _, block in model.blocks():
+        layout.main_path.extend(f"{module_names[id(conv)]}.weight" for conv in block.branch_convs)
+    layout.main_path.append("fc.weight")
+    return layout
+
+
+def _register_std_hooks(model: nn.Module, stds: dict[str, torch.Tensor]) -> list:
+    """Record the std of the stem's output and of every block's output during the forward pass."""
+
+    def record(name: str):
+        def hook(_module, _inputs, output):
+            stds[name] = output.detach().float().std()
+
+        return hook
+
+    def record_stem(_module, inputs):
+        stds[STEM] = inputs[0].detach().float().std()
+
+    handles = [model.stages[0].register_forward_pre_hook(record_stem)]
+    handles += [block.register_forward_hook(record(name)) for name, block in model.blocks()]
+    return handles
+
+
+def _aggregate(norms: dict[str, float], key_of: dict[str, str | None]) -> dict[str, float]:
+    """L2 norm over the concatenation of each key's gradients: sqrt of the sum of squares."""
+    squares: dict[str, float] = {}
+    for name, norm in norms.items():
+        key = key_of[name]
+        if key is not None:
+            squares[key] = squares.get(key, 0.0) + norm * norm
+    return {key: math.sqrt(total) for key, total in squares.items()}
+
+
+def _first_non_finite(values: dict[str, float]) -> str | None:
+    return next((name for name, value in values.items() if not math.isfinite(value)), None)
+
+
+def _measure(model: nn.Module, layout: _Layout, loss: torch.Tensor, stds: dict[str, torch.Tensor],
+             step: int) -> ProbeResult:
+    """Read the gradients left in `.grad` and the recorded stds; one device→host transfer."""
+    names = [name for name, _ in model.named_parameters()]
+    grads = [p.grad for _, p in model.named_parameters()]
+    present = [grad for grad in grads if grad is not None]
+    std_names = list(stds)
+    values = torch.cat([
+        loss.detach().float().view(1),
+        torch.stack([torch.linalg.vector_norm(grad, dtype=torch.float32) for grad in present])
+        if present else loss.new_zeros(0),
+        torch.stack([stds[name] for name in std_names]),
+    ]).tolist()
+    loss_value, norm_values, std_values = values[0], iter(values[1:1 + len(present)]), values[1 + len(present):]
+    # A parameter the loss does not reach has no .grad; its gradient is exactly zero.
+    param_grad_norm = {name: next(norm_values) if grad is not None else 0.0 for name, grad in zip(names, grads)}
+
+    result = ProbeResult(
+        step=step,
+        loss=loss_value,
+        param_grad_norm=param_grad_norm,
+        block_grad_norm=_aggregate(param_grad_norm, layout.block_of),
+        group_grad_norm=_aggregate(param_grad_norm, layout.group_of),
+        block_output_std=dict(zip(std_names, std_values)),
+        main_path=list(layout.main_path),
+    )
+    _mark_divergence(result)
+    return result
+
+
+def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ProbeResult:
+    """One forward and one backward pass of cross-entropy on (images, labels), in training mode.
+
+    The model's BatchNorm layers use the batch statistics, as in the first training step.
+    Leaves the gradients in `.grad` (set, not accumulated).
+    """
+    layout = _layout(model)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    stds: dict[str, torch.Tensor] = {}
+    handles = _register_std_hooks(model, stds)
+    try:
+        logits = model(images)  # (B, num_classes)
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return _measure(model, layout, loss, stds, step=0)
+
+
+def _mark_divergence(result: ProbeResult) -> None:
+    """Name the first non-finite value, looking forward first since it causes the rest."""
+    bad_block = _first_non_finite(result.block_output_std)
+    if bad_block is not None:
+        result.divergence = {"where": "forward", "at": bad_block}
+    elif not math.isfinite(result.loss):
+        result.divergence = {"where": "loss", "at": "loss"}
+    else:
+        bad_param = _first_non_finite(result.param_grad_norm)
+        if bad_param is not None:
+            result.divergence = {"where": "gradient", "at": bad_param}
+    result.diverged = result.divergence is not None
+
+
+def probe_steps(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
+                settings: ProbeSettings, device: torch.device | None = None) -> list[ProbeResult]:
+    """Probe at step 0, then after each of `settings.steps` SGD steps; stop at divergence.
+
+    Each step is the engine's `TrainStep` (float32, no clipping), with the forward hooks on:
+    the gradients it leaves in `.grad` are the ones the optimiser stepped on, so measuring
+    costs no extra pass. The probe after the last step also steps the optimiser; those
+    weights are discarded.
+    """
+    device = device or torch.device("cpu")
+    model.to(device)
+    layout = _layout(model)
+    groups_params = params_by_group(model, default_groups(model))
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+    train_step = TrainStep(model, optimizer, groups_params, device, amp=False, channels_last=False)
+
+    results: list[ProbeResult] = []
+    stds: dict[str, torch.Tensor] = {}
+    handles = _register_std_hooks(model, stds)
+    model.train()
+    try:
+        for step, (images, labels) in enumerate(batches[: settings.steps + 1]):
+            output = train_step(images, labels)
+            result = _measure(model, layout, output.loss, stds, step)
+            results.append(result)
+            if result.diverged:
+                logger.info("probe diverged at step %d (%s at %s)", step, result.divergence["where"],
+                            result.divergence["at"])
+                break
+    finally:
+        for handle in handles:
+            handle.remove()
+    return results
+
+
+def probe_batches(settings: ProbeSettings, config: ResNetConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The `steps + 1` batches every compared network sees, drawn from `settings.seed` alone.
+
+    Labels are digit classes 0-9 (folded into `num_classes` when a custom head has fewer).
+    """
+    count = settings.batch_size * (settings.steps + 1)
+    generator = torch.Generator().manual_seed(settings.seed)
+    if settings.data == "noise":
+        shape = (count, config.in_channels, config.input_size, config.input_size)
+        images = torch.randn(shape, generator=generator)  # (N, C, H, W)
+        labels = torch.randint(0, 10, (count,), generator=generator)
+    else:
+        images, labels = digits_tensors(config.input_size, config.in_channels)
+        order = torch.randperm(len(labels), generator=generator)
+        order = order.repeat(count // len(order) + 1)[:count]
+        images, labels = images[order], labels[order]
+    labels = labels % config.num_classes
+
+    return [(images[start:start + settings.batch_size], labels[start:start + settings.batch_size])
+            for start in range(0, count, settings.batch_size)]
+
+
+def twin_configs(config: ResNetConfig) -> dict[str, ResNetConfig]:
+    """The residual network and its plain twin, identical but for the skip connections."""
+    return {"residual": config.replace(skip=True), "plain": config.replace(skip=False)}
+
+
+def compare(config: ResNetConfig, settings: ProbeSettings,
+            device: torch.device | None = None) -> dict[str, list[ProbeResult]]:
+    """Probe the residual network and its plain twin with the same seed, batches and loss."""
+    validate(config)
+    settings.validate()
+    batches = probe_batches(settings, config)
+    results = {}
+    for variant, variant_config in twin_configs(config).items():
+        model = build_resnet(variant_config, seed=settings.seed)
+        results[variant] = probe_steps(model, batches, settings, device)
+        logger.info("probed %s %s over %d step(s)", variant, variant_config.to_dict(), len(results[variant]))
+    return results

@@ -1,0 +1,102 @@
+"""Page set-up shared by every page: state, page config, sidebar language switch, translator."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
+
+from core.errors import LabError
+from core.i18n import LANGUAGES, translate
+from core.models import canonical_name, weighted_depth
+from ui import state
+
+logger = logging.getLogger(__name__)
+
+_LANG_WIDGET = "_lang_widget"
+
+
+class Translator:
+    """`t("arch.title")` or `t("arch.total", n=3)` in the session's language."""
+
+    def __init__(self, lang: str) -> None:
+        self.lang = lang
+
+    def __call__(self, key: str, **params: object) -> str:
+        return translate(self.lang, key, **params)
+
+
+def translator() -> Translator:
+    return Translator(state.get_lang())
+
+
+def _on_language_change() -> None:
+    st.session_state[state.LANG] = st.session_state[_LANG_WIDGET]
+    st.query_params["lang"] = st.session_state[_LANG_WIDGET]
+
+
+def _language_switch(t: Translator) -> None:
+    st.session_state[_LANG_WIDGET] = st.session_state[state.LANG]
+    st.sidebar.radio(
+        t("common.language"),
+        LANGUAGES,
+        key=_LANG_WIDGET,
+        format_func=lambda code: t(f"common.lang_{code}"),
+        horizontal=True,
+        on_change=_on_language_change,
+    )
+
+
+def _model_badge(t: Translator) -> None:
+    config = state.get_arch_config()
+    name = canonical_name(config) or t("common.custom_model", depth=weighted_depth(config))
+    st.sidebar.caption(t("common.sidebar_model", name=name))
+    st.sidebar.caption(t("common.sidebar_caption"))
+
+
+def page_setup(title_key: str) -> Translator:
+    """Prepare a page: shared state, page config, sidebar. Call first on every page.
+
+    It is idempotent, so it works both under app.py's navigation and when Streamlit runs a
+    page file on its own (the first run after the server starts).
+    """
+    state.init_state()
+    t = translator()
+    st.set_page_config(page_title=f"{t(title_key)} · {t('common.app_title')}", layout="wide")
+    _language_switch(t)
+    _model_badge(t)
+    return t
+
+
+def show_error(t: Translator, error: Exception) -> None:
+    """Show a translated message for `error`; unexpected errors are logged, never shown raw."""
+    if isinstance(error, LabError):
+        st.error(t(error.key, **error.params))
+        return
+    logger.exception("unexpected error on a page", exc_info=error)
+    st.error(t("errors.unexpected", kind=type(error).__name__))
+
+
+def guarded(t: Translator, action: Callable[[], object]) -> object | None:
+    """Run `action`; on error show the translated message and return None."""
+    try:
+        return action()
+    except Exception as error:  # noqa: BLE001 - every error reaching a page becomes a message
+        show_error(t, error)
+        return None
+
+
+def page_link(page_file: str, label: str, icon: str | None = None) -> None:
+    """Link to another page by its file (e.g. "pages/gradients.py").
+
+    `st.page_link` only resolves pages known to the current navigation. When a page file runs
+    on its own (AppTest, or Streamlit's first run in pages-folder mode) it is not, so the link
+    falls back to the page's URL, which both modes serve.
+    """
+    try:
+        st.page_link(page_file, label=label, icon=icon)
+    except StreamlitPageNotFoundError:
+        url_path = page_file.rsplit("/", 1)[-1].removesuffix(".py")
+        st.markdown(f"[{label}](/{url_path})")
