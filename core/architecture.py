@@ -182,10 +182,15 @@ def _node_id(name: str) -> str:
 
 
 class _Dot:
-    """Accumulates DOT statements; `node` and `edge` quote every label."""
+    """Accumulates DOT statements; `node` and `edge` quote every label.
+
+    Edges are written after every cluster: Graphviz makes a node a member of each subgraph that
+    mentions it, so an edge written inside a block's cluster would pull its source node in.
+    """
 
     def __init__(self) -> None:
         self.lines: list[str] = ["digraph resnet {", *_GRAPH_ATTRIBUTES]
+        self.edges: list[str] = []
 
     def node(self, node_id: str, label: str, tooltip: str = "", extra: str = "") -> None:
         attributes = [f"label={_quote(label)}", f"tooltip={_quote(tooltip or label)}"]
@@ -198,7 +203,7 @@ class _Dot:
         if extra:
             attributes.append(extra)
         suffix = f" [{', '.join(attributes)}]" if attributes else ""
-        self.lines.append(f"{source} -> {target}{suffix};")
+        self.edges.append(f"{source} -> {target}{suffix};")
 
     def open_cluster(self, cluster_id: str, label: str, fill: str) -> None:
         self.lines.append(f"subgraph cluster_{cluster_id} {{")
@@ -209,11 +214,11 @@ class _Dot:
         self.lines.append("}")
 
     def source(self) -> str:
-        return "\n".join([*self.lines, "}"])
+        return "\n".join([*self.lines, *self.edges, "}"])
 
 
 def _layer_label(row: LayerRow) -> str:
-    leaf = row.name.split(".")[-1] if row.block else row.name
+    leaf = row.name.removeprefix(f"{row.block}.") if row.block else row.name  # "downsample.0"
     detail = f" {row.detail}" if row.detail else ""
     return f"{leaf} · {row.kind}{detail}\n{format_shape(row.output_shape)}"
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -39,13 +39,20 @@ LAST_FILE = "last.safetensors"
 STATE_FILE = "last_state.pt"
 
 
-def save_weights(model_or_state: nn.Module | dict[str, torch.Tensor], path: Path) -> None:
+def save_weights(model_or_state: nn.Module | dict[str, torch.Tensor], path: Path,
+                 metadata: dict[str, str] | None = None) -> None:
     """Write a state dict as safetensors, atomically (a reader never sees half a file)."""
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
     temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temporary))
+    save_file(tensors, str(temporary), metadata=metadata)
     os.replace(temporary, path)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors header."""
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -54,7 +61,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise LabError("train.err_checkpoint_missing", path=str(path))
     try:
         return load_file(str(path), device="cpu")
-    except (SafetensorsError, OSError, ValueError) as error:
+    except (SafetensorError, OSError, ValueError) as error:
         raise LabError("train.err_checkpoint_damaged", path=str(path), detail=str(error)[:200]) from error
 
 

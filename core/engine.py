@@ -22,20 +22,30 @@ Metric names (the page and the CLI read these): train series "loss", "acc", "gra
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import gc
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import checkpoints
+from core.data import (DatasetSpec, ImageDataset, Preprocessing, Split, default_preprocessing, fit_normalization,
+                       load_dataset, preload_bytes, tensor_dataset)
 from core.errors import LabError
+from core.groups import default_groups
+from core.models import ResNetConfig, build_resnet, validate
+from core.schedule import GroupSchedule, Schedule
+from core.weights import load_weights_spec
 
 logger = logging.getLogger(__name__)
 
@@ -209,13 +219,14 @@ class TrainStep:
         # float() so the loss is float32 under bf16 autocast too.
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
 
-    def _grad_norms(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        norms, gradients = [], []
+    def _grad_norms(self) -> tuple[torch.Tensor, list[nn.Parameter]]:
+        """(G,) norm per group, and the parameters that have a gradient this step."""
+        norms, with_grad = [], []
         for parameters in self.group_parameters:
-            grads = [p.grad for p in parameters if p.grad is not None]
-            gradients.extend(grads)
-            norms.append(torch.nn.utils.get_total_norm(grads) if grads else self._no_grad_norm)
-        return torch.stack(norms), gradients  # (G,)
+            learning = [p for p in parameters if p.grad is not None]
+            with_grad.extend(learning)
+            norms.append(torch.nn.utils.get_total_norm([p.grad for p in learning]) if learning else self._no_grad_norm)
+        return torch.stack(norms), with_grad
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         images, labels = to_device(images, labels, self.device, self.channels_last)
@@ -227,10 +238,10 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
 
-        grad_norms, gradients = self._grad_norms()
+        grad_norms, with_grad = self._grad_norms()
         grad_norm = torch.linalg.vector_norm(torch.nan_to_num(grad_norms, nan=0.0))
-        if self.grad_clip_norm is not None and gradients:
-            torch.nn.utils.clip_grads_with_norm_(gradients, self.grad_clip_norm, grad_norm)
+        if self.grad_clip_norm is not None and with_grad:
+            torch.nn.utils.clip_grads_with_norm_(with_grad, self.grad_clip_norm, grad_norm)
         self.optimizer.step()
 
         correct = (logits.detach().argmax(dim=1) == labels).sum()
@@ -250,7 +261,12 @@ class EvalResult:
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: bool = True,
              channels_last: bool = True) -> EvalResult:
-    """Mean cross-entropy and accuracy over `batches`, summed over all processes under DDP."""
+    """Mean cross-entropy and accuracy over `batches`, summed over all processes under DDP.
+
+    Under DDP each process evaluates its own shard with the unwrapped model: a DDP forward
+    would broadcast buffers, a collective that shards of unequal length would deadlock.
+    """
+    model = unwrap(model)
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
@@ -388,7 +404,7 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class Batches(Protocol):
-    """An epoch's batches: iterable, sized, reshuffled by set_epoch (core.engine.TensorBatches)."""
+    """An epoch's batches: iterable, sized, reshuffled by set_epoch (see EpochBatches)."""
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
     def __len__(self) -> int: ...
@@ -503,25 +519,31 @@ def _log_rows(ctx: Context, rows: list[tuple[int, dict[str, float]]], series: st
 # --- batches ---------------------------------------------------------------------------------------
 
 
-class TensorBatches:
-    """Batches of an in-memory (images, labels) pair, reshuffled per epoch from a seed.
+class EpochBatches:
+    """Batches of a dataset, reshuffled per epoch from a seed; the `Batches` the loop consumes.
 
-    Under DDP each process takes its own slice of every epoch's permutation; for training
-    (`drop_last=True`) every process gets the same number of full batches, as DDP requires.
+    A `TensorDataset` (data preprocessed once into memory) is sliced directly, which costs
+    nothing per step; any other map-style dataset goes through a DataLoader with these index
+    batches. Under DDP each process takes its own slice of every epoch's permutation; with
+    `drop_last=True` (training) every process gets the same number of full batches, as DDP
+    requires.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
-                 seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
-        self.images, self.labels = images, labels  # (N, C, H, W), (N,)
+    def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool, seed: int = 0,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                 pin_memory: bool = False) -> None:
+        self.dataset = dataset
+        self.tensors = dataset.tensors if isinstance(dataset, torch.utils.data.TensorDataset) else None
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _indices(self) -> torch.Tensor:
-        count = len(self.labels)
+        count = len(self.dataset)
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(count, generator=generator)
@@ -532,27 +554,319 @@ class TensorBatches:
         return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        count = len(self.labels)
-        per_process = count // self.world_size if self.drop_last else math.ceil((count - self.rank) / self.world_size)
+        count = len(self.dataset)
         if self.drop_last:
-            return per_process // self.batch_size
-        return math.ceil(per_process / self.batch_size)
+            return count // self.world_size // self.batch_size
+        return math.ceil(max(0, math.ceil((count - self.rank) / self.world_size)) / self.batch_size)
+
+    def index_batches(self) -> list[torch.Tensor]:
+        indices = self._indices()
+        return [indices[start : start + self.batch_size] for start in range(0, len(self) * self.batch_size, self.batch_size)]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        indices = self._indices()
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            batch = indices[start : start + self.batch_size]
-            yield self.images[batch], self.labels[batch]
+        batches = self.index_batches()
+        if self.tensors is not None:
+            images, labels = self.tensors
+            for batch in batches:
+                yield images[batch], labels[batch]
+            return
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[b.tolist() for b in batches],
+                                             num_workers=self.num_workers, pin_memory=self.pin_memory)
+        yield from loader
 
 
-@contextlib.contextmanager
-def cuda_oom_guard(batch_size: int) -> Iterator[None]:
-    """Turn CUDA out-of-memory into a LabError suggesting half the batch, after freeing the cache."""
+# --- the "train" job ---------------------------------------------------------------------------
+
+# Datasets whose float32 inputs fit in this many bytes are preprocessed once into memory;
+# larger ones are decoded per batch.
+PRELOAD_LIMIT_BYTES = 2 << 30
+DEFAULT_EPOCHS = 5
+DEFAULT_LR_MAX = 1e-3  # AdamW from scratch: a safe default for these small networks
+
+
+def default_schedule(group_names: list[str], steps_per_epoch: int, epochs: int = DEFAULT_EPOCHS):
+    """The schedule of a run started without one: every group trains from step 0, cosine from lr_max."""
+    return Schedule(groups=tuple(GroupSchedule(name=name) for name in group_names), epochs=epochs,
+                    steps_per_epoch=steps_per_epoch, optimizer="adamw", lr_max=DEFAULT_LR_MAX)
+
+
+@dataclass
+class PreparedData:
+    classes: list[str]  # index = model output; stored with the run
+    preprocessing: Preprocessing
+    train: EpochBatches
+    val: EpochBatches  # this process's share of the validation set
+    val_all: EpochBatches  # the whole validation set, for the after-run evaluation
+    val_split: Split  # gives the images shown after the run
+    summary: dict  # LoadedDataset.summary(): class mapping, counts, skipped files
+
+
+def prepare_data(config: dict, options: TrainOptions, device: torch.device, rank: int = 0,
+                 world_size: int = 1) -> PreparedData:
+    """Load the run's dataset and preprocessing into per-epoch batches.
+
+    Without an explicit preprocessing the source's default is used; with no pretrained weights
+    its mean/std are then measured on the training split (never on validation).
+    """
+    spec = DatasetSpec.from_dict(config.get("data") or {})
+    loaded = load_dataset(spec)
+    if config.get("preprocessing"):
+        preprocessing = Preprocessing.from_dict(config["preprocessing"])
+    else:
+        weights_kind = (config.get("weights") or {}).get("kind", "none")
+        preprocessing = default_preprocessing(spec.source, pretrained=weights_kind == "imagenet")
+        if weights_kind == "none":
+            preprocessing = fit_normalization(loaded.train, preprocessing, seed=spec.seed)
+
+    in_memory = preload_bytes(loaded.train, preprocessing) + preload_bytes(loaded.val, preprocessing)
+    make_dataset = tensor_dataset if in_memory <= PRELOAD_LIMIT_BYTES else ImageDataset
+    train_set, val_set = make_dataset(loaded.train, preprocessing), make_dataset(loaded.val, preprocessing)
+    pin = device.type == "cuda"
+
+    train = EpochBatches(train_set, options.batch_size, shuffle=True, seed=options.seed, drop_last=True,
+                         rank=rank, world_size=world_size, pin_memory=pin)
+    if len(train) == 0:
+        raise LabError("train.err_too_few_batches", count=len(loaded.train), batch_size=options.batch_size)
+    val = EpochBatches(val_set, options.batch_size, shuffle=False, rank=rank, world_size=world_size, pin_memory=pin)
+    val_all = EpochBatches(val_set, options.batch_size, shuffle=False, pin_memory=pin)
+    return PreparedData(list(loaded.classes), preprocessing, train, val, val_all, loaded.val, loaded.summary())
+
+
+def build_model(config: dict, data: PreparedData, options: TrainOptions):
+    """The run's network sized for the data (classes, channels, input side), initial weights loaded."""
+    preprocessing = data.preprocessing
+    architecture = ResNetConfig.from_dict(config["architecture"]).replace(
+        num_classes=len(data.classes), in_channels=preprocessing.channels, input_size=preprocessing.input_size)
+    validate(architecture)
+    model = build_resnet(architecture, seed=options.seed)
+    weights = config.get("weights") or {"kind": "none"}
+    report = load_weights_spec(weights, model, allow_download=bool(weights.get("allow_download", False)))
+    return architecture, model, report
+
+
+def run_job(config: dict, ctx) -> None:
+    """The "train" job of core.jobs: train as `config` says, writing everything into ctx.run_dir.
+
+    Config keys: "architecture" (ResNetConfig dict), "schedule" (Schedule dict, or None for
+    `default_schedule`), "data" (core.data.DatasetSpec dict), "preprocessing" (optional
+    Preprocessing dict), "weights" (core.weights spec), "train" (TrainOptions dict), "epochs"
+    (used only without a schedule). See core/checkpoints.py for the files written.
+    """
+    train_run(config, ctx, ctx.run_dir, ctx.device, resuming=ctx.resuming)
+
+
+def train_run(config: dict, ctx, run_dir, device: torch.device, resuming: bool = False, rank: int = 0,
+              world_size: int = 1) -> FitResult:
+    """Everything between a run config and a finished run; run_job, the CLI and torchrun call it.
+
+    Only rank 0 writes files. Raises LabError for a non-finite loss (after saving what is
+    good) and for CUDA out-of-memory (after freeing the cache).
+    """
+    options = TrainOptions.from_dict(config.get("train"))
+    out_of_memory = False
     try:
-        yield
+        return _train_run(config, ctx, run_dir, device, options, resuming, rank, world_size)
     except torch.OutOfMemoryError as error:
-        logger.warning("CUDA out of memory at batch size %d: %s", batch_size, error)
-        del error
+        logger.warning("CUDA out of memory at batch size %d: %s", options.batch_size, error)
+        out_of_memory = True
+    # Outside the except block, so the traceback no longer holds the step's tensors.
+    if out_of_memory:
+        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        raise LabError("train.err_oom", batch_size=batch_size, suggested=max(1, batch_size // 2)) from None
+        raise LabError("train.err_oom", batch_size=options.batch_size, suggested=max(1, options.batch_size // 2))
+    raise AssertionError("unreachable")
+
+
+def _train_run(config: dict, ctx, run_dir, device: torch.device, options: TrainOptions, resuming: bool,
+               rank: int, world_size: int) -> FitResult:
+    run_dir = Path(run_dir)
+    writer = rank == 0
+    torch.manual_seed(options.seed)
+
+    if resuming and (run_dir / checkpoints.CONFIG_FILE).is_file():
+        # The same preprocessing as the first attempt (its statistics were fitted then).
+        saved = checkpoints.read_run_config(run_dir)
+        config = {**config, "preprocessing": saved.get("preprocessing")}
+    data = prepare_data(config, options, device, rank, world_size)
+    architecture, model, weights_report = build_model(config, data, options)
+
+    steps_per_epoch = len(data.train)
+    if config.get("schedule"):
+        schedule = Schedule.from_dict(config["schedule"]).with_steps_per_epoch(steps_per_epoch)
+    else:
+        schedule = default_schedule(list(default_groups(model)), steps_per_epoch,
+                                    int(config.get("epochs") or DEFAULT_EPOCHS))
+
+    model.to(device)
+    if uses_channels_last(device, options.channels_last):
+        model.to(memory_format=torch.channels_last)
+    groups_params = schedule.group_params(model)
+    optimizer = schedule.build_optimizer(model, groups_params)
+
+    state, best_state = None, None
+    if resuming:
+        state, best_state = _resume(run_dir, model, optimizer)
+        if hasattr(ctx, "discard_metrics_after"):
+            ctx.discard_metrics_after(state.step - 1 if state else -1)
+
+    run_config = {
+        "kind": "train",
+        "architecture": architecture.to_dict(),
+        "schedule": schedule.to_dict(),
+        "data": data.summary["spec"],
+        "dataset": data.summary,
+        "class_names": data.classes,
+        "preprocessing": data.preprocessing.to_dict(),
+        "weights": config.get("weights") or {"kind": "none"},
+        "weights_report": weights_report.to_dict() if weights_report is not None else None,
+        "train": options.to_dict(),
+        "device": str(device),
+        "world_size": world_size,
+        "torch_version": torch.__version__,
+    }
+    if writer:
+        checkpoints.write_run_config(run_dir, run_config)
+
+    wrapped = model
+    if world_size > 1:
+        wrapped = _wrap_ddp(model, device, schedule)
+
+    def save_epoch(fit_state: FitState, improved: bool) -> None:
+        if not writer:
+            return
+        if improved:
+            checkpoints.save_weights(model, run_dir / checkpoints.BEST_FILE)
+        checkpoints.save_training_state(run_dir / checkpoints.STATE_FILE, optimizer, fit_state.to_dict())
+        checkpoints.save_weights(model, run_dir / checkpoints.LAST_FILE, metadata={"step": str(fit_state.step)})
+
+    logger.info("training %s on %s: %d epochs × %d steps, batch %d", architecture.to_dict(), device,
+                schedule.epochs, steps_per_epoch, options.batch_size)
+    result = fit(wrapped, schedule, data.train, data.val, device, options, ctx=ctx, groups_params=groups_params,
+                 optimizer=optimizer, state=state, best_state=best_state, on_epoch_end=save_epoch)
+
+    usable = result.stop_reason != STOP_NON_FINITE or result.restored_best
+    if writer and usable and (result.state.epoch > 0 or result.stop_reason == STOP_COMPLETED):
+        checkpoints.save_weights(model, run_dir / checkpoints.MODEL_FILE)
+        evaluation = evaluate_run(model, data, device, options, run_dir)
+        _save_json(run_dir, "eval.json", evaluation)
+    if writer:
+        _save_json(run_dir, "summary.json", {
+            "stop_reason": result.stop_reason, "history": result.history, "state": result.state.to_dict(),
+            "non_finite_step": result.non_finite_step, "restored_best": result.restored_best,
+        })
+    _report_outcome(ctx, result, schedule, options)
+    return result
+
+
+def _wrap_ddp(model: nn.Module, device: torch.device, schedule: Schedule) -> nn.Module:
+    """DistributedDataParallel over every parameter, frozen ones included.
+
+    DDP registers the parameters that require grad when it is built; a group the schedule
+    unfreezes later would otherwise never have its gradients averaged. So every parameter is
+    registered, and when the schedule freezes anything, find_unused_parameters lets the frozen
+    ones (no gradient) be skipped each step.
+    """
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    freezes = any(group.unfreeze_epoch != 0 for group in schedule.groups)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=freezes)
+
+
+def _resume(run_dir, model: nn.Module, optimizer: torch.optim.Optimizer):
+    """Load the last epoch's weights, optimizer state and counters; (None, None) to start over."""
+    last, state_path = run_dir / checkpoints.LAST_FILE, run_dir / checkpoints.STATE_FILE
+    if not last.is_file() or not state_path.is_file():
+        logger.info("run %s: no checkpoint to resume from, starting over", run_dir.name)
+        return None, None
+
+    model.load_state_dict(checkpoints.load_weights(last))
+    saved = checkpoints.load_training_state(state_path)
+    state = FitState.from_dict(saved["counters"])
+    if checkpoints.read_metadata(last).get("step") == str(state.step):
+        optimizer.load_state_dict(saved["optimizer"])
+    else:
+        # Killed between writing the two files: the weights are one epoch older than the
+        # optimizer state. The weights are what matters; the optimizer restarts its moments.
+        logger.warning("run %s: optimizer state does not match the weights; not restored", run_dir.name)
+    best_path = run_dir / checkpoints.BEST_FILE
+    best_state = checkpoints.load_weights(best_path) if best_path.is_file() else None
+    logger.info("run %s resumes at epoch %d, step %d", run_dir.name, state.epoch, state.step)
+    return state, best_state
+
+
+def _save_json(run_dir: Path, name: str, obj: object) -> None:
+    path = run_dir / name
+    temporary = path.with_name(name + ".tmp")
+    temporary.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def evaluate_run(model: nn.Module, data: PreparedData, device: torch.device, options: TrainOptions,
+                 run_dir) -> dict:
+    """After-run numbers for the page: confusion matrix, per-class accuracy, highest-loss images.
+
+    The images are saved as PNG under run_dir/top_losses/ exactly as the model saw them
+    (resized by the run's preprocessing, before normalisation).
+    """
+    logits, labels = predict(unwrap(model), data.val_all, device, options.amp, options.channels_last)
+    num_classes = len(data.classes)
+    if labels.numel() == 0:
+        return {"class_names": data.classes, "count": 0}
+
+    losses = F.cross_entropy(logits, labels, reduction="none")  # (N,)
+    probabilities = logits.softmax(dim=1)
+    predictions = logits.argmax(dim=1)
+    confusion = torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2).view(
+        num_classes, num_classes)  # rows: true class, columns: predicted class
+    per_class_total = confusion.sum(dim=1)
+    per_class_acc = [(confusion[i, i] / per_class_total[i]).item() if per_class_total[i] else None
+                     for i in range(num_classes)]
+
+    folder = run_dir / "top_losses"
+    folder.mkdir(exist_ok=True)
+    top = []
+    for rank_index, index in enumerate(losses.argsort(descending=True)[: options.top_losses].tolist()):
+        file_name = f"{rank_index:02d}.png"
+        data.preprocessing.resize_image(data.val_split.load(index)).save(folder / file_name)
+        top.append({
+            "index": index, "name": data.val_split.display_name(index), "label": int(labels[index]),
+            "pred": int(predictions[index]), "loss": float(losses[index]),
+            "prob_pred": float(probabilities[index, predictions[index]]),
+            "prob_label": float(probabilities[index, labels[index]]), "image": f"top_losses/{file_name}",
+        })
+    return {
+        "class_names": data.classes,
+        "count": int(labels.numel()),
+        "val_loss": float(losses.mean()),
+        "val_acc": float((predictions == labels).float().mean()),
+        "confusion": confusion.tolist(),
+        "per_class_acc": per_class_acc,
+        "per_class_count": per_class_total.tolist(),
+        "top_losses": top,
+    }
+
+
+def _report_outcome(ctx, result: FitResult, schedule, options: TrainOptions) -> None:
+    """Tell the user why the run ended: a message on the run, or a LabError for a failure."""
+    state, monitor = result.state, options.early_stopping.monitor
+    best = "-" if state.best_value is None else f"{state.best_value:.4f}"
+    set_message = getattr(ctx, "set_message", None) or (lambda key, **params: None)
+
+    if result.stop_reason == STOP_NON_FINITE:
+        step = result.non_finite_step if result.non_finite_step is not None else state.step
+        lr = max(schedule.lr(group, min(max(step, 0), schedule.total_steps - 1)) for group in schedule.group_names)
+        checkpoint = (f"epoch {state.best_epoch}" if result.restored_best else "-")
+        raise LabError("train.err_nonfinite", step=step, lr=f"{lr:.2e}", checkpoint=checkpoint)
+    if result.stop_reason == STOP_EARLY:
+        set_message("train.msg_early_stop", epoch=state.epoch - 1, monitor=monitor,
+                    patience=options.early_stopping.patience, best_epoch=state.best_epoch, best_value=best)
+    elif result.stop_reason == STOP_CANCELLED:
+        if state.best_epoch is None:
+            set_message("train.msg_cancelled_no_epoch", step=state.step)
+        else:
+            set_message("train.msg_cancelled", step=state.step, best_epoch=state.best_epoch)
+    else:
+        set_message("train.msg_completed", epochs=state.epoch, best_epoch=state.best_epoch, monitor=monitor,
+                    best_value=best)

@@ -35,6 +35,10 @@ BACKGROUND_RGB = (255, 255, 255)  # transparent pixels become white
 # Multi-picture JPEGs (format "MPO", from some cameras) open through the JPEG entry.
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM", "ICO", "AVIF")
 
+# Leading bytes of the accepted formats (WebP and AVIF are recognised at offset 8 instead).
+IMAGE_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+                    b"\x00\x00\x01\x00", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+
 # Pillow's own default limit (Image.MAX_IMAGE_PIXELS in Pillow 13, about 89.5 megapixels, a
 # 9459×9459 image). Larger images are rejected before their pixels are decoded.
 MAX_IMAGE_PIXELS = 89_478_485
@@ -128,6 +132,9 @@ def _open(content: bytes, name: str) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise LabError("data.err_image_too_large", name=name, limit=MAX_IMAGE_PIXELS) from error
     except UnidentifiedImageError as error:
+        if content.startswith(IMAGE_SIGNATURES) or content[8:12] in (b"WEBP", b"avif"):
+            # An image header cut short (or damaged) is a broken image, not "some other file".
+            raise LabError("data.err_image_corrupt", name=name, detail="incomplete header") from error
         raise LabError("data.err_image_unknown", name=name, formats=", ".join(ALLOWED_FORMATS)) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise LabError("data.err_image_corrupt", name=name, detail=str(error)[:200]) from error

@@ -13,18 +13,22 @@ those functions before any training, and the trainer steps through the very same
 
 Definitions (steps are optimizer steps, counted from 0 to total_steps - 1):
 
-- Groups are ordered from the input to the output; the last one is the head. Group g
-  peaks at lr_max_g: its explicit `lr_max`, or lr_max × lr_decay^d, where d is how many
-  groups separate g from the head (discriminative learning rates). Its multiplier is
-  m_g = lr_max_g / lr_max and its floor is lr_min_g = m_g × lr_min: `lr_min` is the head's
-  final LR and every group ends at the same fraction of its own peak.
+- Groups are ordered from the input to the output; the last one is the head, whose peak
+  is the schedule's `lr_max`. Group g peaks at lr_max_g: its explicit `lr_max`, or
+  lr_max × lr_decay^d, where d is how many groups separate g from the head
+  (discriminative learning rates). Its multiplier is m_g = lr_max_g / lr_max and its
+  floor is lr_min_g = m_g × lr_min: `lr_min` is the head's final LR and every group ends
+  at the same fraction of its own peak.
 - Warmup: W = warmup_steps, or warmup_epochs × steps_per_epoch. For s < W the LR rises
   linearly, lr_max_g × (f0 + (1 − f0) s / W) with f0 = warmup_start_factor > 0, so the
   very first step already learns. Step W is the peak.
 - Cosine: with t = s − W and T = total_steps − 1 − W,
   lr = lr_min_g + ½ (lr_max_g − lr_min_g)(1 + cos(π t / T)), so the last step is exactly
-  lr_min_g. With W = 0 this is plain cosine annealing. These coincide with torch's
-  LinearLR(start_factor=f0, total_iters=W) followed by CosineAnnealingLR(T_max=T).
+  lr_min_g. With W = 0 this is plain cosine annealing. A run has at least 2 steps and
+  W ≤ total_steps − 2, so the cosine has a first step (the peak) and a last one (the
+  floor). This coincides with torch's LinearLR(start_factor=f0, total_iters=W) followed
+  by CosineAnnealingLR(T_max=T) for one group, or for any number of groups when
+  lr_min = 0 (torch's eta_min is one absolute floor, not scaled per group).
 - A group that unfreezes at epoch k trains from step k × steps_per_epoch on, on the same
   curve scaled by its multiplier (no restart, no constant LR). Before that step it is
   frozen: requires_grad is False and `lr` is 0.0, which is also the LR its optimizer
@@ -149,10 +153,13 @@ class Schedule:
             )
         if not 0 < self.warmup_start_factor <= 1:
             raise LabError("ft.err_warmup_start_factor", factor=self.warmup_start_factor)
-        # Warmup has to end before the last step, which belongs to the cosine and is lr_min.
-        if self.n_warmup_steps >= self.total_steps:
+        # The cosine needs two steps of its own: its first is the peak, its last is lr_min.
+        if self.total_steps < 2:
+            raise LabError("ft.err_too_few_steps", total_steps=self.total_steps)
+        if self.n_warmup_steps > self.total_steps - 2:
             raise LabError(
-                "ft.err_warmup_too_long", warmup_steps=self.n_warmup_steps, total_steps=self.total_steps
+                "ft.err_warmup_too_long",
+                warmup_steps=self.n_warmup_steps, total_steps=self.total_steps, maximum=self.total_steps - 2,
             )
 
     def _validate_groups(self) -> None:
@@ -172,6 +179,9 @@ class Schedule:
                 )
             if g.lr_max is not None and (not g.lr_max > 0 or not math.isfinite(g.lr_max)):
                 raise LabError("ft.err_group_lr", group=g.name, lr=g.lr_max)
+        if self.groups[-1].lr_max is not None:
+            # The head's peak is the schedule's lr_max, the reference of every multiplier.
+            raise LabError("ft.err_head_lr", group=self.groups[-1].name)
         if all(g.unfreeze_epoch is None for g in self.groups):
             raise LabError("ft.err_nothing_trains")
 
@@ -213,6 +223,8 @@ class Schedule:
         if g.lr_max is not None:
             return g.lr_max
         distance = len(self.groups) - 1 - self.group_names.index(name)
+        if distance == 0 or self.lr_decay == 1.0:
+            return self.lr_max
         return _round_significant(self.lr_max * self.lr_decay**distance)
 
     def multiplier(self, name: str) -> float:
@@ -249,12 +261,12 @@ class Schedule:
             return hi * (f0 + (1.0 - f0) * step / warmup)
 
         t = step - warmup
-        t_max = self.total_steps - 1 - warmup
+        t_max = self.total_steps - 1 - warmup  # ≥ 1, checked in _validate_warmup
         # Both ends are returned as given so that they are exact, not merely close.
-        if t == t_max:
-            return lo
         if t == 0:
             return hi
+        if t == t_max:
+            return lo
         return lo + 0.5 * (hi - lo) * (1.0 + math.cos(math.pi * t / t_max))
 
     def _check_step(self, step: int) -> None:
@@ -279,6 +291,19 @@ class Schedule:
     def trainable_groups(self, epoch: int) -> list[str]:
         step = epoch * self.steps_per_epoch
         return [name for name in self.group_names if self.trainable(name, step)]
+
+    def lr_curves(self, max_points: int = 1500) -> tuple[list[int], dict[str, list[float | None]]]:
+        """(steps, {group: LR at each step, None while frozen}) for plotting."""
+        steps = self.preview_steps(max_points)
+        curves = {
+            name: [self.lr(name, step) if self.trainable(name, step) else None for step in steps]
+            for name in self.group_names
+        }
+        return steps, curves
+
+    def trainable_parameters_by_epoch(self, counts: Mapping[str, int]) -> list[int]:
+        """Trainable parameters during each epoch, from the parameter count of each group."""
+        return [sum(counts[name] for name in self.trainable_groups(epoch)) for epoch in range(self.epochs)]
 
     # ---- JSON -----------------------------------------------------------------------------
 

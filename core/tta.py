@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +25,11 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import nn
 
+from core import weights
+from core.checkpoints import load_run_model
+from core.data import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, Preprocessing
 from core.errors import LabError
+from core.models import ResNetConfig, build_resnet
 
 logger = logging.getLogger(__name__)
 
@@ -39,45 +43,22 @@ DEFAULT_MERGE = "mean_prob"
 SCALE_FACTORS = (0.8, 0.9, 1.1, 1.25)
 # Small rotations in degrees, counter-clockwise; corners are filled with the mean colour.
 ROTATION_DEGREES = (-10.0, -5.0, 5.0, 10.0)
-# The five/ten-crop canvas is at least the crop enlarged by 256/224, the ratio of ImageNet's
+# The five/ten-crop canvas is at least the input enlarged by 256/224, the ratio of ImageNet's
 # evaluation resize to its crop, so the corner crops differ from the centre one even when the
 # preprocessing resizes straight to the input size.
 CROP_CANVAS_RATIO = 256 / 224
-# Beyond this aspect ratio the long side is centre-cropped before any view is cut: a 1×5000 strip
-# resized to a 256-pixel short side would need gigabytes, and no view looks that far out.
-MAX_VIEW_ASPECT = 16.0
+# Beyond this aspect ratio the long side is centre-cropped before any view is cut (the identity
+# included, and noted): a 1×5000 strip resized to a 256-pixel short side would need about a
+# gigabyte, and no view looks that far out.
+MAX_VIEW_ASPECT = 16
+# Frames other than the identity are resized from a copy box-reduced (exact pixel averages) to at
+# most this many times the largest frame, so a 40-megapixel photo is not resampled six times.
+WORKING_SIZE_FACTOR = 2
 # A single forward pass never holds more views than this (about 0.6 GB of activations for a
 # ResNet-18 at 224 px); larger view sets are split, which leaves every view's logits unchanged.
 MAX_VIEWS_PER_PASS = 32
 
 CROP_POSITIONS = ("tl", "tr", "bl", "br", "c")  # the order of torchvision's five_crop
-
-SAMPLE_PHOTOS = {  # name -> file shipped inside scikit-image's data package (no download)
-    "chelsea": "chelsea.png",
-    "coffee": "coffee.png",
-    "astronaut": "astronaut.png",
-    "rocket": "rocket.jpg",
-}
-
-
-@dataclass(frozen=True)
-class ViewGeometry:
-    """How the model input is cut from an image: the evaluation transform of its preprocessing.
-
-    `resize` is the short side the image is resized to (aspect kept) before the centre crop to
-    `input_size`, as in torchvision's Resize(256) + CenterCrop(224); `None` resizes the image
-    straight to `input_size`, aspect not kept.
-    """
-
-    input_size: tuple[int, int]  # (H, W) of the model input, in pixels
-    resize: int | None  # short side before the centre crop; None = resize straight to input_size
-    mean: tuple[float, ...]  # per channel, applied to values in [0, 1]
-    std: tuple[float, ...]
-    channels: int = 3  # 3 = RGB, 1 = grayscale
-
-    def __post_init__(self) -> None:
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise LabError("tta.err_geometry", channels=self.channels, mean=len(self.mean), std=len(self.std))
 
 
 @dataclass(frozen=True)
@@ -92,6 +73,21 @@ class View:
     angle: float = 0.0  # degrees, counter-clockwise
     hflip: bool = False
     vflip: bool = False
+
+    @property
+    def label_key(self) -> str:
+        """Catalog key of the view's label (its parameters go in as placeholders)."""
+        if self.source == "crop":
+            return "tta.view_crop_hflip" if self.hflip else "tta.view_crop"
+        if self.source == "scale":
+            return "tta.view_scale"
+        if self.angle:
+            return "tta.view_rotation"
+        return f"tta.view_{self.name}"
+
+    @property
+    def label_params(self) -> dict[str, object]:
+        return {"position": self.position, "scale": f"{self.scale:g}", "angle": f"{self.angle:+g}"}
 
 
 def _family_views(family: str) -> list[View]:
@@ -134,70 +130,87 @@ def expand_views(families: Iterable[str]) -> list[View]:
 # --- cutting views --------------------------------------------------------------------------
 
 
-def image_to_uint8(image: Image.Image, channels: int) -> torch.Tensor:
-    """Decoded PIL image -> (C, H, W) uint8 tensor with the model's channel count."""
-    mode = "L" if channels == 1 else "RGB"
-    return TF.pil_to_tensor(image.convert(mode) if image.mode != mode else image)
-
-
-def _limit_aspect(pixels: torch.Tensor) -> torch.Tensor:
-    height, width = pixels.shape[-2:]
-    short = min(height, width)
-    longest = max(1, int(short * MAX_VIEW_ASPECT))
-    if max(height, width) <= longest:
-        return pixels
-    return TF.center_crop(pixels, [min(height, longest), min(width, longest)])
+def limit_aspect(image: Image.Image) -> Image.Image:
+    """Centre-crop the long side to MAX_VIEW_ASPECT times the short side (no-op for usual photos)."""
+    width, height = image.size
+    longest = min(width, height) * MAX_VIEW_ASPECT
+    if max(width, height) <= longest:
+        return image
+    new_width, new_height = min(width, longest), min(height, longest)
+    left, top = (width - new_width) // 2, (height - new_height) // 2
+    return image.crop((left, top, left + new_width, top + new_height))
 
 
 class _ViewCutter:
-    """Cuts views from one image; each intermediate resize is made once and shared by the views."""
+    """Cuts the views of one image; each resized frame is made once and shared by its views.
 
-    def __init__(self, pixels: torch.Tensor, geometry: ViewGeometry) -> None:
-        self.pixels = _limit_aspect(pixels)  # (C, H, W) uint8
-        self.geometry = geometry
-        self._frames: dict[tuple, torch.Tensor] = {}
+    The identity is `preprocessing(image)`, the very input training and plain prediction use.
+    Zooms and crops resize the image the way the preprocessing's policy does ("stretch",
+    "resize_crop" or "letterbox"), only to a different size, then centre-crop (or pad with 0, the
+    mean colour) or five-crop the normalised frame to the input size.
+    """
+
+    def __init__(self, image: Image.Image, preprocessing: Preprocessing) -> None:
+        self.image = limit_aspect(image)
+        self.pre = preprocessing
+        self.side = preprocessing.input_size
+        self._working: Image.Image | None = None
+        self._frames: dict[tuple[int, int], torch.Tensor] = {}
         self._identity: torch.Tensor | None = None
         self._crops: dict[str, torch.Tensor] | None = None
 
-    def _resized(self, size: list[int]) -> torch.Tensor:
-        """The image resized to `size` (torchvision semantics: one int = the short side), normalised."""
-        key = tuple(size)
-        if key not in self._frames:
-            resized = TF.resize(self.pixels, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-            as_float = TF.to_dtype(resized, torch.float32, scale=True)
-            self._frames[key] = TF.normalize(as_float, list(self.geometry.mean), list(self.geometry.std))
-        return self._frames[key]  # (C, h, w)
+    def _working_image(self) -> Image.Image:
+        if self._working is None:
+            limit = WORKING_SIZE_FACTOR * math.ceil(self._target_short(max(SCALE_FACTORS) * CROP_CANVAS_RATIO))
+            factor = min(self.image.size) // max(1, limit)
+            self._working = self.image.reduce(factor) if factor >= 2 else self.image
+        return self._working
 
-    def _frame(self, scale: float) -> torch.Tensor:
-        """The image resized as the preprocessing resizes it, times `scale`."""
-        if self.geometry.resize is None:
-            height, width = self.geometry.input_size
-            return self._resized([max(1, round(height * scale)), max(1, round(width * scale))])
-        return self._resized([max(1, round(self.geometry.resize * scale))])
+    def _target_short(self, scale: float) -> float:
+        """The short side (the long one for letterbox) the policy resizes to, times `scale`."""
+        base = (self.pre.resize_size or self.side) if self.pre.resize == "resize_crop" else self.side
+        return base * scale
+
+    def _frame_size(self, target: int) -> tuple[int, int]:
+        """(width, height) of the resized image before cropping or padding."""
+        width, height = self._working_image().size
+        if self.pre.resize == "stretch":
+            return target, target
+        ratio = target / (min(width, height) if self.pre.resize == "resize_crop" else max(width, height))
+        return max(1, round(width * ratio)), max(1, round(height * ratio))
+
+    def _frame(self, target: int) -> torch.Tensor:
+        """The image resized by the policy so its reference side is `target` pixels. (C, h, w)"""
+        size = self._frame_size(target)
+        if size not in self._frames:
+            resample = INTERPOLATIONS[self.pre.interpolation]
+            resized = self._working_image().resize(size, resample)
+            if self.pre.channels == 1:
+                resized = resized.convert("L")
+            pixels = TF.to_dtype(TF.pil_to_tensor(resized), torch.float32, scale=True)
+            normalised = self.pre.normalize(pixels)
+            if self.pre.resize == "letterbox":  # pad to a square with the mean colour
+                normalised = TF.center_crop(normalised, [target, target])
+            self._frames[size] = normalised
+        return self._frames[size]
 
     def identity(self) -> torch.Tensor:
         if self._identity is None:
-            self._identity = TF.center_crop(self._frame(1.0), list(self.geometry.input_size))
+            self._identity = self.pre(self.image)
         return self._identity
 
     def crop(self, position: str) -> torch.Tensor:
         if self._crops is None:
-            height, width = self.geometry.input_size
-            if self.geometry.resize is None:
-                # One pixel more than the input at least, so that tiny inputs still get distinct crops.
-                canvas = self._resized([
-                    max(height + 1, round(height * CROP_CANVAS_RATIO)),
-                    max(width + 1, round(width * CROP_CANVAS_RATIO)),
-                ])
-            else:
-                # The short side covers the longer input side, so both sides are at least the crop.
-                canvas = self._resized([max(self.geometry.resize, math.ceil(max(height, width) * CROP_CANVAS_RATIO))])
-            self._crops = dict(zip(CROP_POSITIONS, TF.five_crop(canvas, [height, width]), strict=True))
+            # At least one pixel larger than the input, so tiny inputs still get distinct crops, and
+            # never smaller than the policy's own frame (ImageNet: the 256 frame itself).
+            target = max(self.side + 1, round(self._target_short(1.0)), math.ceil(self.side * CROP_CANVAS_RATIO))
+            canvas = self._frame(target)
+            self._crops = dict(zip(CROP_POSITIONS, TF.five_crop(canvas, [self.side, self.side]), strict=True))
         return self._crops[position]
 
     def zoom(self, scale: float) -> torch.Tensor:
         # center_crop pads a frame smaller than the input with zeros: the mean colour.
-        return TF.center_crop(self._frame(scale), list(self.geometry.input_size))
+        return TF.center_crop(self._frame(max(1, round(self._target_short(scale)))), [self.side, self.side])
 
     def cut(self, view: View) -> torch.Tensor:
         if view.source == "identity":
@@ -215,29 +228,27 @@ class _ViewCutter:
                 pixels,
                 view.angle,
                 interpolation=TF.InterpolationMode.BILINEAR,
-                fill=[0.0] * self.geometry.channels,
+                fill=[0.0] * self.pre.channels,
             )
         return pixels
 
 
-def make_views(image: Image.Image, geometry: ViewGeometry, views: Sequence[View]) -> torch.Tensor:
-    """Return the views of `image` stacked in the given order: (V, C, H, W) float32, normalised."""
+def make_views(image: Image.Image, preprocessing: Preprocessing, views: Sequence[View]) -> torch.Tensor:
+    """Return the views of `image` stacked in the given order: (V, C, S, S) float32, normalised."""
     if not views:
         raise LabError("tta.err_no_views")
-    cutter = _ViewCutter(image_to_uint8(image, geometry.channels), geometry)
+    cutter = _ViewCutter(image, preprocessing)
     return torch.stack([cutter.cut(view) for view in views])
 
 
-def model_input(image: Image.Image, geometry: ViewGeometry) -> torch.Tensor:
-    """The plain model input of `image` (the identity view): (C, H, W) float32, normalised."""
-    return make_views(image, geometry, [View("identity", "identity")])[0]
+def model_input(image: Image.Image, preprocessing: Preprocessing) -> torch.Tensor:
+    """The plain model input of `image` (the identity view): (C, S, S) float32, normalised."""
+    return make_views(image, preprocessing, [View("identity", "identity")])[0]
 
 
-def to_display(pixels: torch.Tensor, geometry: ViewGeometry) -> np.ndarray:
-    """Undo the normalisation of one view (C, H, W) -> (H, W, 3) uint8, for thumbnails."""
-    mean = torch.tensor(geometry.mean).view(-1, 1, 1)
-    std = torch.tensor(geometry.std).view(-1, 1, 1)
-    restored = (pixels.detach().cpu() * std + mean).clamp(0.0, 1.0)
+def to_display(pixels: torch.Tensor, preprocessing: Preprocessing) -> np.ndarray:
+    """Undo the normalisation of one view (C, S, S) -> (S, S, 3) uint8, for thumbnails."""
+    restored = preprocessing.denormalize(pixels.detach().cpu().float())
     if restored.shape[0] == 1:
         restored = restored.expand(3, -1, -1)
     return (restored * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -286,7 +297,7 @@ class TTAPrediction:
     merge_mode: str
     merged: torch.Tensor  # (K,) probabilities
     reference: torch.Tensor  # (K,) probabilities of the identity view alone
-    inputs: torch.Tensor  # (V, C, H, W), the exact model inputs
+    inputs: torch.Tensor | None  # (V, C, S, S), the exact model inputs, when kept
 
     @property
     def view_probs(self) -> torch.Tensor:
@@ -303,16 +314,16 @@ def batch_views(families: Iterable[str]) -> list[View]:
 
 
 def run_views(
-    model: nn.Module, image: Image.Image, geometry: ViewGeometry, views: Sequence[View]
+    model: nn.Module, image: Image.Image, preprocessing: Preprocessing, views: Sequence[View]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut `views` from `image` and run them as one batch: ((V, C, H, W) inputs, (V, K) logits)."""
-    inputs = make_views(image, geometry, views)
+    inputs = make_views(image, preprocessing, views)
     return inputs, forward_views(model, inputs)
 
 
 def combine(
     views: Sequence[View],
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | None,
     logits: torch.Tensor,
     families: Iterable[str],
     merge_mode: str = DEFAULT_MERGE,
@@ -338,7 +349,7 @@ def combine(
 def predict_tta(
     model: nn.Module,
     image: Image.Image,
-    geometry: ViewGeometry,
+    preprocessing: Preprocessing,
     families: Iterable[str],
     merge_mode: str = DEFAULT_MERGE,
 ) -> TTAPrediction:
@@ -349,7 +360,7 @@ def predict_tta(
     """
     families = list(families)
     views = batch_views(families)
-    inputs, logits = run_views(model, image, geometry, views)
+    inputs, logits = run_views(model, image, preprocessing, views)
     return combine(views, inputs, logits, families, merge_mode)
 
 
@@ -427,7 +438,7 @@ def view_sets(families: Iterable[str]) -> dict[str, list[str]]:
 def evaluate(
     model: nn.Module,
     samples: Iterable[tuple[Image.Image, int]],
-    geometry: ViewGeometry,
+    preprocessing: Preprocessing,
     families: Iterable[str],
     modes: Sequence[str] = MERGE_MODES,
     progress: Callable[[int], None] | None = None,
@@ -443,7 +454,7 @@ def evaluate(
     logits_per_image: list[torch.Tensor] = []
     labels: list[int] = []
     for index, (image, label) in enumerate(samples):
-        logits_per_image.append(forward_views(model, make_views(image, geometry, views)))
+        logits_per_image.append(forward_views(model, make_views(image, preprocessing, views)))
         labels.append(int(label))
         if progress is not None:
             progress(index + 1)
@@ -473,11 +484,130 @@ def evaluate(
     )
 
 
-# --- embedded sample photos -----------------------------------------------------------------
+# --- models the page can use -----------------------------------------------------------------
 
 
-def sample_photo_bytes(name: str) -> bytes:
-    """Raw bytes of a photo that ships with scikit-image (no network), for the shared decoder."""
-    if name not in SAMPLE_PHOTOS:
-        raise LabError("tta.err_unknown_sample", name=name, allowed=", ".join(SAMPLE_PHOTOS))
-    return resources.files("skimage.data").joinpath(SAMPLE_PHOTOS[name]).read_bytes()
+@dataclass
+class ModelBundle:
+    """A model ready for TTA: eval mode on the CPU, its class names (index order) and its input."""
+
+    model: nn.Module
+    class_names: list[str]
+    preprocessing: Preprocessing
+    config: ResNetConfig
+    source: str  # "run" | "imagenet" | "checkpoint"
+    label: str  # run id, weights name or file name
+    notes: list[tuple[str, dict]] = field(default_factory=list)  # (catalog key, params) to show
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != self.config.num_classes:
+            raise LabError("tta.err_class_count", classes=len(self.class_names), outputs=self.config.num_classes)
+        if self.preprocessing.channels != self.config.in_channels:
+            raise LabError("tta.err_channels", channels=self.preprocessing.channels, expected=self.config.in_channels)
+        self.model.eval()
+
+
+def generic_class_names(count: int) -> list[str]:
+    return [str(index) for index in range(count)]
+
+
+def bundle_from_run(run_dir: Path) -> ModelBundle:
+    """A finished run's model with the class names and preprocessing it was trained with."""
+    run_model = load_run_model(run_dir)
+    config = ResNetConfig.from_dict(run_model.config["architecture"])
+    names = run_model.class_names or generic_class_names(config.num_classes)
+    preprocessing = Preprocessing.from_dict(run_model.preprocessing) if run_model.preprocessing else Preprocessing(
+        input_size=config.input_size, channels=config.in_channels,
+        mean=(0.5,) * config.in_channels, std=(0.5,) * config.in_channels)
+    return ModelBundle(run_model.model, list(names), preprocessing, config, "run", Path(run_dir).name)
+
+
+def bundle_from_imagenet(weights_name: str, allow_download: bool = False) -> ModelBundle:
+    """torchvision's ImageNet ResNet: categories and preprocessing from the weights' metadata.
+
+    Raises LabError "data.err_weights_offline" (naming the file and folder) when the weights are
+    not in the torch cache and downloading is off or impossible.
+    """
+    state_dict = weights.load_imagenet_state_dict(weights_name, allow_download=allow_download)
+    config = weights.weights_config(weights_name)
+    model = build_resnet(config)
+    weights.load_into_model(model, state_dict, weights_name)
+    return ModelBundle(model, weights.weights_categories(weights_name), weights.weights_preprocessing(weights_name),
+                       config, "imagenet", weights_name)
+
+
+def checkpoint_preprocessing(config: ResNetConfig, input_size: int | None = None,
+                             normalization: str = "imagenet") -> Preprocessing:
+    """A preprocessing for an uploaded checkpoint, which stores weights but not its input recipe.
+
+    ImageNet stem: torchvision's 256/224 recipe scaled to `input_size`; CIFAR stem: a plain
+    resize. `normalization` is "imagenet" (torchvision's statistics) or "half" (mean = std = 0.5).
+    """
+    size = input_size or config.input_size
+    channels = config.in_channels
+    if normalization == "imagenet" and channels == 3:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = (0.5,) * channels, (0.5,) * channels
+    if config.stem == "imagenet":
+        return Preprocessing(input_size=size, resize="resize_crop", resize_size=round(size * CROP_CANVAS_RATIO),
+                             channels=channels, mean=mean, std=std)
+    return Preprocessing(input_size=size, resize="stretch", channels=channels, mean=mean, std=std)
+
+
+def bundle_from_checkpoint(data: bytes, name: str, input_size: int | None = None,
+                           normalization: str = "imagenet") -> ModelBundle:
+    """An uploaded checkpoint, read without unpickling code, its architecture inferred from the
+    parameter names and shapes; 1000 outputs get ImageNet's category names, others their index."""
+    state_dict = weights.read_checkpoint(data, name)
+    config = weights.infer_config_from_state_dict(state_dict)
+    model = build_resnet(config)
+    weights.load_into_model(model, state_dict, name)
+    notes: list[tuple[str, dict]] = []
+    if weights.skip_is_ambiguous(config):
+        notes.append(("tta.note_skip_ambiguous", {}))
+    if config.num_classes == 1000:
+        names = weights.weights_categories(weights.DEFAULT_IMAGENET_WEIGHTS[18])
+        notes.append(("tta.note_imagenet_names", {}))
+    else:
+        names = generic_class_names(config.num_classes)
+    preprocessing = checkpoint_preprocessing(config, input_size, normalization)
+    return ModelBundle(model, names, preprocessing, config, "checkpoint", name, notes)
+
+
+# --- labelled sets ----------------------------------------------------------------------------
+
+
+def match_classes(folder_names: Sequence[str], class_names: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+    """Map class folders to the model's output indices: exact name first, then ignoring case.
+
+    Returns ({folder: index}, [folders that are no class of the model]).
+    """
+    exact = {name: index for index, name in enumerate(class_names)}
+    folded: dict[str, int] = {}
+    for index, name in enumerate(class_names):
+        folded.setdefault(name.casefold(), index)
+    mapping, unknown = {}, []
+    for folder in folder_names:
+        if folder in exact:
+            mapping[folder] = exact[folder]
+        elif folder.casefold() in folded:
+            mapping[folder] = folded[folder.casefold()]
+        else:
+            unknown.append(folder)
+    return mapping, unknown
+
+
+def pick_evenly(labels: Sequence[int], limit: int, seed: int = 0) -> list[int]:
+    """Up to `limit` indices, taking classes in turn (round robin over a seeded shuffle of each)."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(index)
+    queues = [list(rng.permutation(members)) for _, members in sorted(by_class.items())]
+    chosen: list[int] = []
+    while len(chosen) < limit and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < limit:
+                chosen.append(int(queue.pop(0)))
+    return sorted(chosen)

@@ -120,14 +120,14 @@ class TestWarmup:
     def test_zero_warmup_starts_exactly_at_the_peak(self):
         assert analytic_schedule(warmup_steps=0).lr("head", 0) == 1e-3
 
-    def test_warmup_up_to_the_second_last_step_is_allowed(self):
-        s = analytic_schedule(warmup_steps=39)
-        assert s.lr("head", 38) == pytest.approx(1e-3 * (0.1 + 0.9 * 38 / 39), **TOL)
-        assert s.lr("head", 39) == 1e-5
+    def test_warmup_may_leave_just_the_peak_and_the_floor(self):
+        s = analytic_schedule(warmup_steps=38)
+        assert s.lr("head", 37) == pytest.approx(1e-3 * (0.1 + 0.9 * 37 / 38), **TOL)
+        assert (s.lr("head", 38), s.lr("head", 39)) == (1e-3, 1e-5)
 
-    def test_single_step_run_is_at_lr_min(self):
-        s = analytic_schedule(epochs=1, steps_per_epoch=1, warmup_steps=0)
-        assert s.lr("head", 0) == 1e-5
+    def test_two_step_run_is_peak_then_floor(self):
+        s = analytic_schedule(epochs=1, steps_per_epoch=2, warmup_steps=0)
+        assert (s.lr("head", 0), s.lr("head", 1)) == (1e-3, 1e-5)
 
 
 class TestUnfreezing:
@@ -350,7 +350,8 @@ class TestValidation:
         (dict(lr_min=-1e-6), "ft.err_lr_min_above_max"),
         (dict(lr_max=0.0), "ft.err_lr_max"),
         (dict(lr_max=float("nan")), "ft.err_lr_max"),
-        (dict(warmup_steps=40), "ft.err_warmup_too_long"),
+        (dict(warmup_steps=39), "ft.err_warmup_too_long"),
+        (dict(epochs=1, steps_per_epoch=1, warmup_steps=0), "ft.err_too_few_steps"),
         (dict(warmup_steps=0, warmup_epochs=4), "ft.err_warmup_too_long"),
         (dict(warmup_steps=2, warmup_epochs=1), "ft.err_warmup_both"),
         (dict(warmup_steps=-1), "ft.err_warmup_negative"),
@@ -368,7 +369,8 @@ class TestValidation:
         (dict(groups=(GroupSchedule("a", unfreeze_epoch=4),)), "ft.err_unfreeze_past_end"),
         (dict(groups=(GroupSchedule("a", unfreeze_epoch=-1),)), "ft.err_unfreeze_past_end"),
         (dict(groups=(GroupSchedule("a", unfreeze_epoch=None),)), "ft.err_nothing_trains"),
-        (dict(groups=(GroupSchedule("a", lr_max=-1.0),)), "ft.err_group_lr"),
+        (dict(groups=(GroupSchedule("a", lr_max=-1.0), GroupSchedule("head"))), "ft.err_group_lr"),
+        (dict(groups=(GroupSchedule("a"), GroupSchedule("head", lr_max=1e-3))), "ft.err_head_lr"),
     ])
     def test_rejected(self, changes, key):
         with pytest.raises(LabError) as info:

@@ -5,25 +5,22 @@ import math
 import numpy as np
 import pytest
 import torch
-import torchvision.transforms.v2 as T
 from PIL import Image
 
 from core import tta
+from core.data import Preprocessing, imagenet_preprocessing, sample_photos
 from core.errors import LabError
 from core.images import decode_image
 from core.models import build_resnet, cifar_config
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-GEOMETRIES = {
-    "imagenet": tta.ViewGeometry((224, 224), 256, IMAGENET_MEAN, IMAGENET_STD),
-    "resize_equals_crop": tta.ViewGeometry((64, 64), 64, IMAGENET_MEAN, IMAGENET_STD),
-    "direct_square": tta.ViewGeometry((32, 32), None, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-    "direct_oblong": tta.ViewGeometry((20, 28), None, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-    "tiny_gray": tta.ViewGeometry((8, 8), None, (0.5,), (0.5,), channels=1),
+PREPROCESSINGS = {
+    "imagenet": imagenet_preprocessing(),  # shorter side 256, centre crop 224
+    "resize_crop_no_margin": Preprocessing(input_size=64, resize="resize_crop"),
+    "stretch": Preprocessing(input_size=32, resize="stretch", mean=(0.5,) * 3, std=(0.25,) * 3),
+    "letterbox": Preprocessing(input_size=20, resize="letterbox", mean=(0.4, 0.5, 0.6), std=(0.2,) * 3),
+    "tiny_gray": Preprocessing(input_size=8, resize="stretch", channels=1, mean=(0.5,), std=(0.5,)),
 }
-SMALL = tta.ViewGeometry((32, 32), None, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+SMALL = PREPROCESSINGS["stretch"]
 ALL_VIEWS = tta.expand_views(tta.VIEW_FAMILIES)
 
 
@@ -82,86 +79,101 @@ class TestViewList:
 
 
 class TestViewSizes:
-    @pytest.mark.parametrize("geometry_name", sorted(GEOMETRIES))
+    @pytest.mark.parametrize("pre_name", sorted(PREPROCESSINGS))
     @pytest.mark.parametrize("height,width", [(1, 1), (1, 700), (700, 1), (3, 5), (37, 91), (91, 37), (2, 3000)])
-    def test_exact_output_size(self, geometry_name, height, width):
-        geometry = GEOMETRIES[geometry_name]
-        views = tta.make_views(noise_image(height, width), geometry, ALL_VIEWS)
-        assert tuple(views.shape) == (len(ALL_VIEWS), geometry.channels, *geometry.input_size)
+    def test_exact_output_size(self, pre_name, height, width):
+        pre = PREPROCESSINGS[pre_name]
+        views = tta.make_views(noise_image(height, width), pre, ALL_VIEWS)
+        assert tuple(views.shape) == (len(ALL_VIEWS), pre.channels, pre.input_size, pre.input_size)
 
     def test_huge_image(self):
-        views = tta.make_views(gradient_image(3000, 4000), GEOMETRIES["imagenet"], ALL_VIEWS)
+        views = tta.make_views(gradient_image(3000, 4000), PREPROCESSINGS["imagenet"], ALL_VIEWS)
         assert tuple(views.shape) == (21, 3, 224, 224)
 
     def test_finite_values(self):
-        views = tta.make_views(noise_image(37, 91), GEOMETRIES["imagenet"], ALL_VIEWS)
+        views = tta.make_views(noise_image(37, 91), PREPROCESSINGS["imagenet"], ALL_VIEWS)
         assert torch.isfinite(views).all()
 
     def test_deterministic(self):
         image = noise_image(50, 70)
-        first = tta.make_views(image, GEOMETRIES["imagenet"], ALL_VIEWS)
-        second = tta.make_views(image, GEOMETRIES["imagenet"], ALL_VIEWS)
+        first = tta.make_views(image, PREPROCESSINGS["imagenet"], ALL_VIEWS)
+        second = tta.make_views(image, PREPROCESSINGS["imagenet"], ALL_VIEWS)
         assert torch.equal(first, second)
 
-    def test_views_are_distinct(self):
-        views = tta.make_views(gradient_image(120, 180), GEOMETRIES["imagenet"], ALL_VIEWS)
+    def test_only_the_centre_crops_repeat_a_view(self):
+        # With ImageNet's Resize(256) the crop canvas is the identity's frame, so the centre crop is
+        # the identity view and its mirror the hflip view, as in torchvision's FiveCrop/TenCrop.
+        views = tta.make_views(gradient_image(120, 180), PREPROCESSINGS["imagenet"], ALL_VIEWS)
+        names = [view.name for view in ALL_VIEWS]
+        flat = views.flatten(1)
+        close = torch.cdist(flat, flat) < 1.0
+        pairs = {(names[i], names[j]) for i, j in close.nonzero().tolist() if i < j}
+        assert pairs == {("identity", "crop_c"), ("hflip", "crop_c_hflip")}
+
+    def test_all_views_distinct_when_stretching(self):
+        views = tta.make_views(gradient_image(120, 180), SMALL, ALL_VIEWS)
         flat = views.flatten(1)
         distances = torch.cdist(flat, flat) + torch.eye(len(ALL_VIEWS)) * 1e9
-        assert distances.min() > 1.0
+        assert distances.min() > 0.1
+
+    def test_extreme_aspect_is_limited(self):
+        assert tta.limit_aspect(noise_image(10, 1000)).size == (160, 10)
+
+    def test_usual_aspect_untouched(self):
+        image = noise_image(300, 451)
+        assert tta.limit_aspect(image) is image
 
 
 class TestViewContent:
-    def test_identity_is_torchvision_eval_transform(self):
+    @pytest.mark.parametrize("pre_name", sorted(PREPROCESSINGS))
+    def test_identity_is_the_preprocessing(self, pre_name):
         image = gradient_image(300, 451)
-        reference = T.Compose([
-            T.PILToTensor(), T.Resize(256, antialias=True), T.CenterCrop(224),
-            T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])(image)
-        assert torch.equal(tta.model_input(image, GEOMETRIES["imagenet"]), reference)
-
-    def test_identity_direct_resize(self):
-        image = gradient_image(40, 90)
-        reference = T.Compose([
-            T.PILToTensor(), T.Resize((32, 32), antialias=True),
-            T.ToDtype(torch.float32, scale=True), T.Normalize((0.5,) * 3, (0.25,) * 3),
-        ])(image)
-        assert torch.equal(tta.model_input(image, GEOMETRIES["direct_square"]), reference)
+        pre = PREPROCESSINGS[pre_name]
+        assert torch.equal(tta.model_input(image, pre), pre(image))
 
     def test_flips_mirror_the_identity(self):
         image = gradient_image(60, 80)
-        views = tta.make_views(image, GEOMETRIES["imagenet"], tta.expand_views(["identity", "hflip", "vflip"]))
+        views = tta.make_views(image, PREPROCESSINGS["imagenet"], tta.expand_views(["identity", "hflip", "vflip"]))
         assert torch.equal(views[1], views[0].flip(-1))
         assert torch.equal(views[2], views[0].flip(-2))
 
     def test_ten_crop_mirrors_five_crop(self):
-        views = tta.make_views(gradient_image(60, 80), GEOMETRIES["imagenet"], tta.expand_views(["ten_crop"]))
+        views = tta.make_views(gradient_image(60, 80), PREPROCESSINGS["imagenet"], tta.expand_views(["ten_crop"]))
         assert torch.equal(views[5:], views[:5].flip(-1))
 
     def test_corner_crops_cut_the_256_canvas(self):
         image = gradient_image(300, 400)
-        canvas = T.Compose([
-            T.PILToTensor(), T.Resize(256, antialias=True),
-            T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])(image)  # (3, 256, 341)
-        views = tta.make_views(image, GEOMETRIES["imagenet"], tta.expand_views(["five_crop"]))
-        assert torch.equal(views[0], canvas[:, :224, :224])  # top left
-        assert torch.equal(views[3], canvas[:, -224:, -224:])  # bottom right
+        pre = PREPROCESSINGS["imagenet"]
+        resized = np.asarray(image.resize((341, 256), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+        canvas = pre.normalize(torch.from_numpy(resized.transpose(2, 0, 1).copy()))  # (3, 256, 341)
+        views = tta.make_views(image, pre, tta.expand_views(["five_crop"]))
+        assert torch.allclose(views[0], canvas[:, :224, :224], atol=1e-6)  # top left
+        assert torch.allclose(views[3], canvas[:, -224:, -224:], atol=1e-6)  # bottom right
 
     def test_zoom_out_pads_with_the_mean_colour(self):
-        views = tta.make_views(gradient_image(100, 100), GEOMETRIES["imagenet"], [tta.View("scale_0.8", "scale", scale=0.8)])
-        # 0.8 × 256 = 205 pixels of image inside 224: the outermost columns are padding, 0 after normalising.
+        zoom_out = [tta.View("scale_0.8", "scale", scale=0.8)]
+        views = tta.make_views(gradient_image(100, 100), PREPROCESSINGS["imagenet"], zoom_out)
+        # 0.8 × 256 = 205 pixels of image inside 224: 9 columns of padding on the left, 0 after normalising.
         assert torch.equal(views[0, :, :, :9], torch.zeros(3, 224, 9))
 
     def test_rotation_keeps_the_centre(self):
         image = gradient_image(101, 101)
-        views = tta.make_views(image, GEOMETRIES["direct_square"], tta.expand_views(["identity", "rotations"]))
+        views = tta.make_views(image, SMALL, tta.expand_views(["identity", "rotations"]))
         centre = (slice(None), slice(15, 17), slice(15, 17))
         assert torch.allclose(views[1][centre], views[0][centre], atol=0.05)
 
     def test_display_round_trip(self):
         image = gradient_image(32, 32)
-        shown = tta.to_display(tta.model_input(image, GEOMETRIES["direct_square"]), GEOMETRIES["direct_square"])
+        shown = tta.to_display(tta.model_input(image, SMALL), SMALL)
         assert np.array_equal(shown, np.asarray(image))
+
+    def test_view_labels_exist_in_both_languages(self):
+        from core.i18n import load_catalog
+
+        for lang in ("es", "en"):
+            catalog = load_catalog(lang)
+            missing = [view.label_key for view in ALL_VIEWS if view.label_key not in catalog]
+            assert missing == [], lang
 
 
 class TestMerge:
@@ -200,10 +212,7 @@ class TestMerge:
 class TestPrediction:
     def test_identity_only_equals_plain_prediction(self, tiny_model):
         image = gradient_image(45, 61)
-        plain_input = T.Compose([
-            T.PILToTensor(), T.Resize((32, 32), antialias=True),
-            T.ToDtype(torch.float32, scale=True), T.Normalize((0.5,) * 3, (0.25,) * 3),
-        ])(image)
+        plain_input = SMALL(image)
         tiny_model.eval()
         with torch.no_grad():
             plain = tiny_model(plain_input[None])[0].softmax(-1)
@@ -344,12 +353,13 @@ class TestEvaluation:
 class TestSamplePhotos:
     EXPECTED_SIZES = {"chelsea": (451, 300), "coffee": (600, 400), "astronaut": (512, 512), "rocket": (640, 427)}
 
-    @pytest.mark.parametrize("name", sorted(tta.SAMPLE_PHOTOS))
+    @pytest.mark.parametrize("name", sorted(EXPECTED_SIZES))
     def test_decodes_through_the_shared_decoder(self, name):
-        decoded = decode_image(tta.sample_photo_bytes(name), f"{name}")
-        assert decoded.size == self.EXPECTED_SIZES[name]
+        photo = {photo.name: photo for photo in sample_photos()}[name]
+        assert decode_image(photo.data, photo.file_name).size == self.EXPECTED_SIZES[name]
 
-    def test_unknown_sample_rejected(self):
-        with pytest.raises(LabError) as info:
-            tta.sample_photo_bytes("../etc/passwd")
-        assert info.value.key == "tta.err_unknown_sample"
+    @pytest.mark.parametrize("name", sorted(EXPECTED_SIZES))
+    def test_views_of_a_sample_photo(self, name, tiny_model):
+        photo = {photo.name: photo for photo in sample_photos()}[name]
+        prediction = tta.predict_tta(tiny_model, decode_image(photo.data, photo.file_name).image, SMALL, ["ten_crop"])
+        assert tuple(prediction.logits.shape) == (11, 5)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.errors import LabError
 from core.i18n import LANGUAGES, translate
@@ -70,12 +71,18 @@ def page_setup(title_key: str) -> Translator:
     return t
 
 
+def session_id() -> str:
+    """Return this browser session's id, for logs; "-" outside a Streamlit run."""
+    context = get_script_run_ctx()
+    return context.session_id if context is not None else "-"
+
+
 def show_error(t: Translator, error: Exception) -> None:
     """Show a translated message for `error`; unexpected errors are logged, never shown raw."""
     if isinstance(error, LabError):
         st.error(t(error.key, **error.params))
         return
-    logger.exception("unexpected error on a page", exc_info=error)
+    logger.error("unexpected error on a page (session %s)", session_id(), exc_info=error)
     st.error(t("errors.unexpected", kind=type(error).__name__))
 
 
