@@ -45,7 +45,7 @@ class ArchChoice:
     imagenet_depth: int = 18  # 18, 34, 50, 101 or 152: picks the stage counts of Table 1
     cifar_n: int = 3  # blocks per stage of the CIFAR layout (3 stages): depth 6n+2 with BasicBlock
     block: str = "basic"
-    custom_stages: str = ""  # "3, 4, 6, 3" overrides the family's stage counts when not empty
+    custom_stages: str | None = None  # "3, 4, 6, 3" replaces the family's stage counts; None keeps them
     skip: bool = True
     shortcut: str = "projection"
     stem: str = "imagenet"
@@ -54,7 +54,7 @@ class ArchChoice:
     input_size: int = 224
 
     def stage_blocks(self) -> tuple[int, ...]:
-        if self.custom_stages.strip():
+        if self.custom_stages is not None:
             return parse_stage_blocks(self.custom_stages)
         if self.family == "cifar":
             return (self.cifar_n,) * 3

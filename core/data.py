@@ -4,8 +4,8 @@ Sources (`DatasetSpec.source`):
 - "digits": scikit-learn's handwritten digits, 1,797 real 8×8 scans, 10 classes. No network.
 - "faces": scikit-image's LFW subset, 100 faces and 100 non-faces, 25×25 grayscale. No network.
 - "textures": 64×64 tiles of scikit-image's brick, grass and gravel photos (64 per class).
-- "cifar10": CIFAR-10 through torchvision, cached under `data_dir()/cifar10`; it is downloaded
-  only when the spec allows it, and offline the error names the file and the folder.
+- "cifar10": CIFAR-10 through torchvision, cached under `data_dir()/cifar10`. It is downloaded
+  only when the spec allows it. Offline, the error names the file and the folder.
 - "folder": an ImageFolder layout on the server (class folders, optionally under train/ and
   val/).
 - "zip": an uploaded zip of class folders, extracted safely by `extract_zip` (the spec keeps
@@ -154,7 +154,7 @@ class Preprocessing:
         return dataclasses.replace(self, **changes)
 
     def resize_image(self, image: Image.Image) -> Image.Image:
-        """The exact model input as an image: resized to input_size², in mode RGB or L."""
+        """Resize to the exact model input, input_size × input_size, in mode RGB (or L for 1 channel)."""
         image = image.convert("RGB") if image.mode != "RGB" else image
         side, resample = self.input_size, INTERPOLATIONS[self.interpolation]
         width, height = image.size
@@ -208,7 +208,7 @@ DEFAULT_INPUT_SIZE = {"digits": 32, "faces": 32, "textures": 64, "cifar10": 32, 
 
 
 def default_preprocessing(source: str, pretrained: bool = False) -> Preprocessing:
-    """A sensible starting point per source; `pretrained` switches to ImageNet statistics.
+    """Return a starting point per source; `pretrained` switches to ImageNet statistics.
 
     Without pretrained weights the mean/std stay at 0.5 until `fit_normalization` replaces
     them with the training split's own statistics.
@@ -232,7 +232,7 @@ def imagenet_preprocessing(crop_size: int = 224, resize_size: int = 256,
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What to load; a plain dict of it is stored with the run and reloads the same data."""
+    """Description of the data to load; its dict is stored with the run and reloads the same data."""
 
     source: str = "digits"
     path: str | None = None  # "folder": the dataset folder; "zip": the extracted folder
@@ -302,7 +302,7 @@ class Split:
         return int(len(self.labels))
 
     def load(self, index: int) -> Image.Image:
-        """The RGB image of sample `index`."""
+        """Return the RGB image of sample `index` (files are decoded by core.images.decode_image)."""
         if self.arrays is not None:
             return Image.fromarray(self.arrays[index], mode="RGB")
         path = self.paths[index]
@@ -363,8 +363,8 @@ class LoadedDataset:
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices so every class keeps its share; the same (labels, fraction, seed) give the same split.
 
-    Each class with n ≥ 2 samples sends round(n·val_fraction) of them (at least 1, at most
-    n − 1) to validation; a class with a single sample stays in training. Returns sorted
+    Each class with n ≥ 2 samples sends round(n·val_fraction) of them to validation, at least 1
+    and at most n − 1. A class with a single sample stays in training. Returns sorted
     (train_indices, val_indices).
     """
     if not 0.0 < val_fraction < 1.0:
@@ -562,9 +562,9 @@ def _litter_reason(name: str) -> str | None:
 
 @dataclass
 class FolderScan:
-    """What `scan_image_folder` found: image files per class, per split folder."""
+    """Result of `scan_image_folder`: image files per class, per split folder."""
 
-    root: Path  # the folder the class folders live in (or that holds train/ and val/)
+    root: Path  # the folder that contains the class folders (or train/ and val/)
     classes: list[str]  # class folders with at least one image, in natural order
     files: dict[str, dict[str, list[Path]]]  # split ("train", maybe "val") -> class -> images
     empty_classes: list[str]
@@ -575,7 +575,13 @@ class FolderScan:
 def _visible_entries(folder: Path, root: Path, skipped: list[SkippedFile]) -> tuple[list[Path], list[Path]]:
     """(subfolders, files) of `folder`, skipping and listing litter, links and special files."""
     folders, files = [], []
-    for entry in sorted(folder.iterdir(), key=lambda p: natural_sort_key(p.name)):
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: natural_sort_key(p.name))
+    except OSError as error:  # e.g. no permission to list it
+        relative = folder.relative_to(root).as_posix() if folder != root else "."
+        skipped.append(SkippedFile(relative, "data.skip_unreadable", {"detail": error.strerror or str(error)}))
+        return [], []
+    for entry in entries:
         relative = entry.relative_to(root).as_posix()
         reason = _litter_reason(entry.name)
         if reason:
@@ -591,7 +597,7 @@ def _visible_entries(folder: Path, root: Path, skipped: list[SkippedFile]) -> tu
     return folders, files
 
 
-def _find_layout_root(root: Path, skipped: list[SkippedFile]) -> Path:
+def _find_layout_root(root: Path) -> Path:
     """Descend through wrapper folders ("mydata/" inside the zip) to the folder with the classes."""
     current = root
     for _ in range(3):
@@ -650,7 +656,7 @@ def scan_image_folder(root: str | Path, verify: bool = True) -> FolderScan:
         raise LabError("data.err_folder_link", folder=str(root))
 
     skipped: list[SkippedFile] = []
-    layout_root = _find_layout_root(root, skipped)
+    layout_root = _find_layout_root(root)
     folders, files = _visible_entries(layout_root, root, skipped)
     for path in files:
         skipped.append(SkippedFile(path.relative_to(root).as_posix(), "data.skip_outside_class"))
@@ -700,7 +706,7 @@ def _split_from_files(files: dict[str, list[Path]], classes: list[str], root: Pa
 
 
 def check_folder_allowed(folder: str | Path) -> Path:
-    """The resolved folder, or LabError when $RESNET_LAB_DATASET_ROOTS is set and excludes it."""
+    """Resolve `folder`, raising LabError when $RESNET_LAB_DATASET_ROOTS is set and excludes it."""
     resolved = Path(folder).expanduser().resolve()
     configured = os.environ.get(DATASET_ROOTS_ENV, "")
     roots = [Path(r).expanduser().resolve() for r in configured.split(os.pathsep) if r.strip()]
@@ -756,7 +762,9 @@ class ExtractedZip:
     skipped: list[SkippedFile]
 
 
-MANIFEST_NAME = "extraction.json"  # written next to the extracted files folder, not inside it
+EXTRACTED_FOLDER = "extracted"  # published extraction: <base>/extracted/{files/, extraction.json}
+FILES_FOLDER = "files"  # the dataset root handed to scan_image_folder
+MANIFEST_NAME = "extraction.json"  # next to files/, so the scan never sees it
 COPY_CHUNK_BYTES = 1 << 20
 
 
@@ -765,7 +773,7 @@ def uploads_dir() -> Path:
 
 
 def _safe_member_path(name: str) -> PurePosixPath | None:
-    """The relative path to write a zip entry to, or None when the name is absolute or climbs out."""
+    """Return the relative path for a zip entry, or None when the name is absolute or climbs out."""
     normalised = name.replace("\\", "/")
     if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised):
         return None
@@ -833,8 +841,8 @@ def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, destination: P
     """Stream one entry to disk, counting real bytes; returns the bytes written.
 
     CPython's zipfile (3.11) already stops an entry at its declared size and then fails the
-    CRC check, so a lying header ends in BadZipFile; the counts here keep the limits even
-    if a zipfile version did not.
+    CRC check, so a lying header ends in BadZipFile. The counts here keep the limits even if
+    a zipfile version did not.
     """
     written = 0
     with archive.open(info) as source, open(destination, "xb") as sink:
@@ -856,21 +864,21 @@ def extract_zip(source: Any, name: str = "upload.zip", limits: ZipLimits = ZipLi
     - Nothing is written outside the folder: absolute names, drive letters and ".." entries are
       skipped and listed, and every target is checked to resolve inside the folder.
     - Links, special files, encrypted entries, hidden files and macOS metadata are not written.
-    - The archive is refused (LabError, nothing left behind) when its declared entry count or
+    - The archive is rejected (LabError, nothing left behind) when its declared entry count or
       sizes exceed `limits`, or when the bytes actually decompressed exceed the declared size or
       the limits (a zip bomb with a lying header).
-    The folder is `destination` or uploads_dir()/<sha256 prefix>/files; an identical upload
-    reuses a finished extraction.
+    The files end up in <base>/extracted/files, where <base> is `destination` or
+    uploads_dir()/<sha256 prefix>. The extraction is staged and published with one rename, so
+    concurrent sessions uploading the same zip never see half of it, and a finished extraction
+    of identical bytes is reused.
     """
     content = read_bytes(source)
     digest = hashlib.sha256(content).hexdigest()
     base = Path(destination) if destination is not None else uploads_dir() / digest[:16]
-    final_root = base / "files"
-    manifest_path = base / MANIFEST_NAME
-    if manifest_path.is_file() and final_root.is_dir():
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("sha256") == digest:
-            return _extracted_from_manifest(final_root, manifest)
+    published = base / EXTRACTED_FOLDER
+    reused = _reuse_extraction(published, digest)
+    if reused is not None:
+        return reused
 
     try:
         archive = zipfile.ZipFile(_BytesReader(content))
@@ -882,7 +890,8 @@ def extract_zip(source: Any, name: str = "upload.zip", limits: ZipLimits = ZipLi
         base.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix="extracting-", dir=base))
         try:
-            files, total = _write_plan(archive, plan, staging, limits)
+            (staging / FILES_FOLDER).mkdir()
+            files, total = _write_plan(archive, plan, staging / FILES_FOLDER, limits)
         except LabError:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -890,16 +899,32 @@ def extract_zip(source: Any, name: str = "upload.zip", limits: ZipLimits = ZipLi
             # BadZipFile covers "Bad CRC-32"; RuntimeError covers encrypted entries; NotImplementedError
             # an unsupported compression method.
             shutil.rmtree(staging, ignore_errors=True)
+            logger.info("zip %s rejected while extracting: %s", name, error)
             raise LabError("data.err_zip_invalid", name=name) from error
 
-    if final_root.exists():
-        shutil.rmtree(final_root)
-    os.replace(staging, final_root)
     manifest = {"sha256": digest, "name": name, "files": files, "total_bytes": total,
                 "skipped": [s.to_dict() for s in skipped]}
-    manifest_path.write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
-    logger.info("extracted %s (%d files, %d bytes, %d skipped) to %s", name, files, total, len(skipped), final_root)
-    return ExtractedZip(final_root, digest, files, total, skipped)
+    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    try:
+        os.rename(staging, published)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        reused = _reuse_extraction(published, digest)  # another session published the same zip first
+        if reused is None:
+            raise
+        return reused
+    logger.info("extracted %s (%d files, %d bytes, %d skipped) to %s", name, files, total, len(skipped), published)
+    return ExtractedZip(published / FILES_FOLDER, digest, files, total, skipped)
+
+
+def _reuse_extraction(published: Path, digest: str) -> ExtractedZip | None:
+    manifest_path = published / MANIFEST_NAME
+    if not manifest_path.is_file() or not (published / FILES_FOLDER).is_dir():
+        return None
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if manifest.get("sha256") != digest:
+        return None
+    return _extracted_from_manifest(published / FILES_FOLDER, manifest)
 
 
 class _BytesReader:
@@ -986,7 +1011,7 @@ def preload_bytes(split: Split, preprocessing: Preprocessing) -> int:
 
 
 def tensor_dataset(split: Split, preprocessing: Preprocessing) -> TensorDataset:
-    """The whole split preprocessed once into memory: inputs (N, C, H, W) float32, labels (N,) int64."""
+    """Preprocess the whole split once into memory: inputs (N, C, H, W) float32, labels (N,) int64."""
     if len(split) == 0:
         side = preprocessing.input_size
         return TensorDataset(torch.zeros(0, preprocessing.channels, side, side), torch.zeros(0, dtype=torch.int64))
@@ -1012,7 +1037,7 @@ def fit_normalization(split: Split, preprocessing: Preprocessing, max_images: in
 
 
 def sample_indices(split: Split, num_classes: int, per_class: int = 4, seed: int = 0) -> dict[int, list[int]]:
-    """A few sample indices per class for the preview, chosen by `seed`."""
+    """Pick a few sample indices per class for the preview, chosen by `seed`."""
     rng = np.random.default_rng(seed)
     chosen = {}
     for label in range(num_classes):

@@ -15,15 +15,16 @@ networks it trains again. `plan(config)` gives the offsets; pages subtract them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from dataclasses import dataclass
 
 import torch
 
+from core.data import DatasetSpec, default_preprocessing, fit_normalization, load_dataset
 from core.engine import STOP_CANCELLED, STOP_NON_FINITE, EarlyStopping, TrainOptions, evaluate, fit, prepare_data
 from core.errors import LabError
-from core.data import DatasetSpec, default_preprocessing, fit_normalization, load_dataset
 from core.groups import default_groups
 from core.models import build_resnet, cifar_config
 from core.schedule import GroupSchedule, Schedule
@@ -198,7 +199,11 @@ def train_network(network: PlannedNetwork, config: DegradationConfig, data, devi
 
 
 def run_job(config: dict, ctx) -> None:
-    """The "degradation" job of core.jobs: train the four networks, write degradation.json."""
+    """The "degradation" job of core.jobs: train the four networks, keeping degradation.json current.
+
+    The file holds the config, the plan (series and step offsets, written before training so
+    the page can draw curves at once) and each finished network's numbers.
+    """
     settings = DegradationConfig.from_dict(config)
     data_config, train_count = _data_config(settings)
     options = TrainOptions(batch_size=settings.batch_size, seed=settings.seed)
@@ -207,16 +212,19 @@ def run_job(config: dict, ctx) -> None:
     total_steps = networks[-1].step_offset + len(data.train) * settings.epochs
 
     previous = _load_previous(ctx) if getattr(ctx, "resuming", False) else {}
-    finished = {name: entry for name, entry in previous.items() if entry.get("stop_reason") == "completed"}
-    results: dict[str, dict] = dict(finished)
+    results = {name: entry for name, entry in previous.items() if entry.get("stop_reason") == "completed"}
+    summary = {"config": settings.to_dict(), "plan": [dataclasses.asdict(network) for network in networks],
+               "networks": results}
+    ctx.save_json(RESULT_FILE, summary)
+
     for network in networks:
-        if network.series in finished:
+        if network.series in results:
             continue
         if hasattr(ctx, "discard_metrics_after"):
             ctx.discard_metrics_after(network.step_offset - 1)  # rows of an interrupted attempt
         logger.info("run %s: training %s", getattr(ctx, "run_id", "-"), network.series)
         results[network.series] = train_network(network, settings, data, ctx.device, ctx, total_steps)
-        ctx.save_json(RESULT_FILE, {"config": settings.to_dict(), "networks": results})
+        ctx.save_json(RESULT_FILE, summary)
         if results[network.series]["stop_reason"] == STOP_NON_FINITE:
             raise LabError("grad.err_degradation_nonfinite", network=network.series, lr=settings.lr_max)
         if ctx.should_stop():
@@ -225,8 +233,6 @@ def run_job(config: dict, ctx) -> None:
 
 
 def _load_previous(ctx) -> dict:
-    import json
-
     path = ctx.run_dir / RESULT_FILE
     if not path.is_file():
         return {}

@@ -17,15 +17,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.errors import LabError
+from core.data import (DatasetSpec, Preprocessing, default_preprocessing, fit_normalization, load_dataset,
+                       tensor_dataset)
 from core.engine import TrainStep
+from core.errors import LabError
 from core.groups import default_groups, group_of, params_by_group
-from core.models import ResNetConfig, build_resnet, validate
+from core.models import ResNetConfig, build_resnet, fixup_scale, validate, weighted_depth
 
 logger = logging.getLogger(__name__)
 
@@ -265,14 +268,39 @@ def probe_batches(settings: ProbeSettings, config: ResNetConfig) -> list[tuple[t
         images = torch.randn(shape, generator=generator)  # (N, C, H, W)
         labels = torch.randint(0, 10, (count,), generator=generator)
     else:
-        images, labels = digits_tensors(config.input_size, config.in_channels)
-        order = torch.randperm(len(labels), generator=generator)
-        order = order.repeat(count // len(order) + 1)[:count]
-        images, labels = images[order], labels[order]
+        images, labels = digits_batch(count, config.input_size, config.in_channels, generator)
     labels = labels % config.num_classes
 
     return [(images[start:start + settings.batch_size], labels[start:start + settings.batch_size])
             for start in range(0, count, settings.batch_size)]
+
+
+@lru_cache(maxsize=2)
+def _digits_preprocessing(channels: int) -> Preprocessing:
+    """Digits preprocessing with the training split's statistics, fitted once per process.
+
+    Fitted at 32×32: the statistics of an upscaled digit hardly depend on the size.
+    """
+    loaded = load_dataset(DatasetSpec(source="digits"))
+    preprocessing = default_preprocessing("digits")
+    if channels == 1:
+        preprocessing = preprocessing.replace(channels=1, mean=(0.5,), std=(0.5,))
+    return fit_normalization(loaded.train, preprocessing)
+
+
+def digits_batch(count: int, input_size: int, channels: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` training digits drawn by `generator`, preprocessed as a training run would.
+
+    Only the drawn images are resized to `input_size`, so a probe at 224×224 does not
+    preprocess the whole set.
+    """
+    loaded = load_dataset(DatasetSpec(source="digits"))
+    preprocessing = _digits_preprocessing(channels).replace(input_size=input_size)
+    order = torch.randperm(len(loaded.train), generator=generator)
+    order = order.repeat(count // len(order) + 1)[:count]
+    images, labels = tensor_dataset(loaded.train.subset(order.numpy()), preprocessing).tensors
+    return images, labels  # (count, C, H, W), (count,)
 
 
 def twin_configs(config: ResNetConfig) -> dict[str, ResNetConfig]:
@@ -292,3 +320,134 @@ def compare(config: ResNetConfig, settings: ProbeSettings,
         results[variant] = probe_steps(model, batches, settings, device)
         logger.info("probed %s %s over %d step(s)", variant, variant_config.to_dict(), len(results[variant]))
     return results
+
+
+# --- what the numbers say ---------------------------------------------------------------------
+# The page explains each chart with these findings: catalog keys plus the measured values that
+# fill them, so the text always describes the configuration on screen.
+
+GROWS, VANISHES, STEADY = "grows", "vanishes", "steady"
+RATIO_GROWS = 10.0  # first/last above this: the gradient grows toward the input
+RATIO_VANISHES = 0.01  # below this: it vanishes toward the input
+SIGNAL_EXPLODES = 10.0  # last block std over stem std
+SIGNAL_DIES = 0.1
+
+
+@dataclass(frozen=True)
+class Finding:
+    key: str  # catalog key, "grad.*"
+    params: dict = field(default_factory=dict)
+
+
+def _at_step(results: list[ProbeResult], step: int) -> ProbeResult:
+    return results[min(step, len(results) - 1)]
+
+
+def gradient_regime(result: ProbeResult) -> str:
+    """"diverged", "zero_first" (no gradient reaches the first layer), "zero_last", or the ratio's trend."""
+    if result.diverged:
+        return "diverged"
+    norms = result.main_path_norms()
+    if norms[-1] == 0.0:
+        return "zero_last"
+    if norms[0] == 0.0:
+        return "zero_first"
+    ratio = norms[0] / norms[-1]
+    return GROWS if ratio > RATIO_GROWS else VANISHES if ratio < RATIO_VANISHES else STEADY
+
+
+def _diverged_finding(variant: str, result: ProbeResult) -> Finding:
+    return Finding("grad.find_diverged", {"net": variant, "step": result.step, "where": result.divergence["where"],
+                                          "at": result.divergence["at"]})
+
+
+def layer_findings(config: ResNetConfig, results: dict[str, list[ProbeResult]], step: int = 0) -> list[Finding]:
+    """One sentence per network on the first/last ratio at `step`, then what the literature says."""
+    findings = []
+    for variant, steps in results.items():
+        result = _at_step(steps, step)
+        regime = gradient_regime(result)
+        if regime == "diverged":
+            findings.append(_diverged_finding(variant, result))
+            continue
+        norms = result.main_path_norms()
+        params = {"net": variant, "first": norms[0], "last": norms[-1], "layers": len(norms)}
+        if regime in (GROWS, VANISHES, STEADY):
+            params["ratio"] = norms[0] / norms[-1]
+        findings.append(Finding(f"grad.find_layers_{regime}", params))
+    findings.append(_regime_note(config, results, step))
+    return findings
+
+
+def _ratio_or_nan(result: ProbeResult) -> float:
+    ratio = result.first_last_ratio
+    return float("nan") if ratio is None else ratio
+
+
+def _regime_note(config: ResNetConfig, results: dict[str, list[ProbeResult]], step: int) -> Finding:
+    """The literature's account of this configuration, with this run's numbers."""
+    residual = _at_step(results["residual"], step)
+    plain = _at_step(results["plain"], step)
+    depth = weighted_depth(config)
+    if config.init == "fixup":
+        return Finding("grad.note_fixup", {"scale": fixup_scale(config), "depth": depth})
+    if config.init == "zero_gamma" and config.batch_norm:
+        zero, total = zero_gradient_branch_weights(residual)
+        return Finding("grad.note_zero_gamma", {"zero": zero, "total": total, "step": residual.step})
+    if config.batch_norm:
+        return Finding("grad.note_bn", {"depth": depth, "plain": _ratio_or_nan(plain),
+                                        "residual": _ratio_or_nan(residual)})
+    if config.init == "default":
+        return Finding("grad.note_default_init", {"depth": depth, "plain_first": plain.main_path_norms()[0],
+                                                  "residual_first": residual.main_path_norms()[0]})
+    key = "grad.note_he_no_bn_zero_gamma" if config.init == "zero_gamma" else "grad.note_he_no_bn"
+    growth = _signal_growth(residual)
+    return Finding(key, {"depth": depth, "growth": growth, "loss": residual.loss})
+
+
+def zero_gradient_branch_weights(result: ProbeResult) -> tuple[int, int]:
+    """(how many, out of how many) residual-branch conv weights got a gradient of exactly 0."""
+    branch = result.main_path[1:-1]
+    zero = sum(1 for name in branch if result.param_grad_norm[name] == 0.0)
+    return zero, len(branch)
+
+
+def _signal_growth(result: ProbeResult) -> float:
+    stds = list(result.block_output_std.values())
+    return stds[-1] / stds[0] if stds[0] > 0 else float("nan")
+
+
+def signal_findings(config: ResNetConfig, results: dict[str, list[ProbeResult]], step: int = 0) -> list[Finding]:
+    """One sentence per network on the forward signal from the stem to the last block."""
+    findings = []
+    for variant, steps in results.items():
+        result = _at_step(steps, step)
+        if result.diverged:
+            findings.append(_diverged_finding(variant, result))
+            continue
+        stds = list(result.block_output_std.values())
+        growth = _signal_growth(result)
+        trend = ("dead" if stds[-1] == 0.0 else "explodes" if growth > SIGNAL_EXPLODES
+                 else "dies" if growth < SIGNAL_DIES else "steady")
+        findings.append(Finding(f"grad.find_signal_{trend}", {"net": variant, "first": stds[0], "last": stds[-1],
+                                                              "growth": growth}))
+    key = "grad.note_signal_bn" if config.batch_norm else "grad.note_signal_no_bn"
+    findings.append(Finding(key, {}))
+    return findings
+
+
+def step_findings(results: dict[str, list[ProbeResult]], settings: ProbeSettings) -> list[Finding]:
+    """How the first and last layers' gradients changed over the optimiser steps, or where it diverged."""
+    findings = []
+    for variant, steps in results.items():
+        last = steps[-1]
+        if last.diverged:
+            findings.append(Finding("grad.find_steps_diverged", {
+                "net": variant, "step": last.step, "where": last.divergence["where"], "at": last.divergence["at"],
+                "lr": settings.lr}))
+            continue
+        first_norms, last_norms = steps[0].main_path_norms(), last.main_path_norms()
+        findings.append(Finding("grad.find_steps", {
+            "net": variant, "steps": last.step, "first_start": first_norms[0], "first_end": last_norms[0],
+            "last_start": first_norms[-1], "last_end": last_norms[-1]}))
+    return findings

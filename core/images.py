@@ -8,7 +8,7 @@ Training (user datasets) and the TTA page (uploads, camera, sample photos) both 
 - transparency is composited onto `BACKGROUND_RGB` (white);
 - palette, 1-bit, grayscale (L, LA, I;16), CMYK, 32-bit integer and float images become RGB;
   16-bit samples are rescaled (v·255/65535), never clipped at 255;
-- an animated or multi-page file gives its first frame, and a note says so;
+- an animated or multi-page file gives its first frame, and a note records it;
 - empty, truncated, corrupt and non-image files raise LabError naming the file;
 - Pillow's decompression-bomb guard stays on, checked before any pixel is decoded.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,7 @@ def _load_pixels(image: Image.Image, name: str) -> None:
     except Image.DecompressionBombError as error:
         raise LabError("data.err_image_too_large", name=name, limit=MAX_IMAGE_PIXELS) from error
     except OSError as error:
-        # Pillow says "image file is truncated" or "broken data stream" for cut-off files.
+        # Pillow's message for cut-off files is "image file is truncated" or "broken data stream".
         text = str(error)
         if "truncated" in text or "broken data stream" in text:
             raise LabError("data.err_image_truncated", name=name) from error
@@ -164,8 +165,12 @@ def _load_pixels(image: Image.Image, name: str) -> None:
 
 
 def _apply_orientation(image: Image.Image, notes: list[ImageNote]) -> Image.Image:
-    orientation = image.getexif().get(0x0112, 1)  # EXIF tag 274, "Orientation"
-    if orientation in (None, 1):
+    try:
+        orientation = image.getexif().get(0x0112, 1)  # EXIF tag 274, "Orientation"
+    except (OSError, SyntaxError, ValueError, struct.error) as error:
+        logger.info("unreadable EXIF block ignored: %s", error)
+        return image
+    if orientation not in (2, 3, 4, 5, 6, 7, 8):
         return image
     notes.append(ImageNote("data.note_exif_orientation", {"orientation": int(orientation)}))
     return ImageOps.exif_transpose(image)

@@ -2,7 +2,7 @@
 Training Neural Networks", §3.3): train for a bounded number of steps while the LR grows
 geometrically from `lr_start` to `lr_end`, record the loss at every step, and suggest an LR.
 
-The swept value is the head's LR (the schedule's `lr_max`); every other trainable group
+The swept value is the head's LR (the schedule's `lr_max`). Every other trainable group
 trains at the same time at its own multiplier of it, so the groups keep their relative LRs.
 Which groups train is the schedule's choice at epoch `at_epoch` (requires_grad, frozen
 BatchNorm in eval mode), exactly as `Schedule.apply` sets them for the real run. Each step is
@@ -147,7 +147,7 @@ def suggest(lrs: list[float], smoothed: list[float]) -> Suggestion:
 
 
 def run_job(config: dict, ctx) -> None:
-    """The "lr_find" job of core.jobs. Config keys are those of the "train" job
+    """Run the "lr_find" job of core.jobs. Config keys are those of the "train" job
     ("architecture", "schedule", "data", "preprocessing", "weights", "train") plus
     "lr_find" (a FinderConfig dict). Writes RESULT_FILE and logs series "lr_find"."""
     from core import engine
@@ -190,7 +190,7 @@ def run_job(config: dict, ctx) -> None:
 
 
 def sweep(model, schedule, optimizer, groups_params, step_fn, batches, finder: FinderConfig, ctx) -> dict[str, Any]:
-    """The sweep itself: one engine step per LR, batches cycled over epochs as needed."""
+    """Run the sweep: one engine step per LR, with the batches cycled over epochs as needed."""
     at_step = finder.at_epoch * schedule.steps_per_epoch
     multipliers = {name: schedule.multiplier(name) if schedule.trainable(name, at_step) else 0.0
                    for name in schedule.group_names}

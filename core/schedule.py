@@ -207,12 +207,12 @@ class Schedule:
         raise LabError("ft.err_unknown_group", group=name, groups=", ".join(self.group_names))
 
     def replace(self, **changes: Any) -> "Schedule":
-        """A copy with some fields changed (validated like a new schedule)."""
+        """Return a copy with some fields changed, validated like a new schedule."""
         return dataclasses.replace(self, **changes)
 
     def with_steps_per_epoch(self, steps_per_epoch: int) -> "Schedule":
-        """The same schedule for a data loader of another length; warmup given in epochs
-        stays in epochs, warmup given in steps stays in steps."""
+        """Return the same schedule for a data loader of another length. A warmup given in
+        epochs stays in epochs, and a warmup given in steps stays in steps."""
         return self.replace(steps_per_epoch=steps_per_epoch)
 
     # ---- the pure function of (group, step) ----------------------------------------------
@@ -228,11 +228,11 @@ class Schedule:
         return _round_significant(self.lr_max * self.lr_decay**distance)
 
     def multiplier(self, name: str) -> float:
-        """The group's LR as a fraction of the head's, the same at every step."""
+        """Return the group's LR as a fraction of the head's, the same at every step."""
         return self.group_lr_max(name) / self.lr_max
 
     def group_lr_min(self, name: str) -> float:
-        """The group's final LR: lr_min scaled by the group's multiplier."""
+        """Return the group's final LR: lr_min scaled by the group's multiplier."""
         return self.lr_min * self.multiplier(name)
 
     def unfreeze_step(self, name: str) -> int | None:
@@ -245,13 +245,13 @@ class Schedule:
         return start is not None and step >= start
 
     def lr(self, name: str, step: int) -> float:
-        """The LR group `name` trains with at optimizer step `step`; 0.0 while frozen."""
+        """Return the LR group `name` trains with at optimizer step `step` (0.0 while frozen)."""
         if not self.trainable(name, step):
             return 0.0
         return self.scheduled_lr(name, step)
 
     def scheduled_lr(self, name: str, step: int) -> float:
-        """The group's curve at `step`, whether or not the group is trainable there."""
+        """Return the group's curve at `step`, whether or not the group is trainable there."""
         self._check_step(step)
         hi = self.group_lr_max(name)
         lo = self.group_lr_min(name)
@@ -370,10 +370,10 @@ class Schedule:
     def build_optimizer(
         self, model: nn.Module, groups_params: Mapping[str, Iterable[str]]
     ) -> torch.optim.Optimizer:
-        """One param group per layer group, named by `param_group["name"]`, with its LR
-        at step 0. With `no_decay_bn_bias`, a group's BatchNorm parameters and biases go
-        into a second param group of the same name with weight_decay 0 and
-        `param_group["no_decay"] = True`."""
+        """Build the optimizer with one param group per layer group, named by
+        `param_group["name"]`, each with its LR at step 0. With `no_decay_bn_bias`, a group's
+        BatchNorm parameters and biases go into a second param group of the same name with
+        weight_decay 0 and `param_group["no_decay"] = True`."""
         self._check_group_names(groups_params)
         params = dict(model.named_parameters())
         no_decay = _no_decay_names(model) if self.no_decay_bn_bias else set()
@@ -443,8 +443,9 @@ def make_preset(
     steps_per_epoch: int = 100,
     backbone_epoch: int = 1,
 ) -> Schedule:
-    """The course's transfer-learning strategies as schedules. `group_names` go from the
-    input to the output; the last one is the head."""
+    """Build one of the course's transfer-learning strategies as a schedule.
+
+    `group_names` go from the input to the output; the last one is the head."""
     n = len(group_names)
     head_only = [0 if i == n - 1 else None for i in range(n)]
     common = dict(epochs=epochs, steps_per_epoch=steps_per_epoch, optimizer="adamw",
@@ -513,7 +514,7 @@ def _no_decay_names(model: nn.Module) -> set[str]:
 def _batch_norm_groups(
     model: nn.Module, groups_params: Mapping[str, Iterable[str]]
 ) -> list[tuple[nn.Module, str]]:
-    """(BatchNorm module, its group), the group being the one that holds its weight."""
+    """List (BatchNorm module, group) pairs, the group being the one that contains its weight."""
     group_of = {p: g for g, names in groups_params.items() for p in names}
     pairs = []
     for module_name, module in model.named_modules():

@@ -76,7 +76,7 @@ ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total or 0 w
 
 
 def get_weights(name: str) -> Any:
-    """The torchvision weights enum member for a name like "ResNet50_Weights.IMAGENET1K_V2"."""
+    """Return the torchvision weights enum member for a name like "ResNet50_Weights.IMAGENET1K_V2"."""
     if name not in IMAGENET_WEIGHT_NAMES:
         raise LabError("data.err_weights_name", value=name, allowed=", ".join(IMAGENET_WEIGHT_NAMES))
     from torchvision.models import get_weight
@@ -103,7 +103,7 @@ def weights_depth(name: str) -> int:
 
 
 def weights_config(name: str, **overrides: Any) -> ResNetConfig:
-    """The architecture these weights fit: torchvision's ResNet-<depth> (1000 classes, 224 px)."""
+    """Return the architecture these weights fit: torchvision's ResNet-<depth> (1000 classes, 224 px)."""
     return imagenet_config(weights_depth(name), **overrides)
 
 
@@ -118,7 +118,7 @@ def weights_preprocessing(name: str) -> Preprocessing:
 
 
 def weights_categories(name: str) -> list[str]:
-    """The 1,000 ImageNet class names in output order, from the weights' metadata."""
+    """Return the 1,000 ImageNet class names in output order, from the weights' metadata."""
     return list(get_weights(name).meta["categories"])
 
 
@@ -140,7 +140,7 @@ def weights_info(name: str) -> dict:
 
 def load_imagenet_state_dict(name: str, allow_download: bool = False,
                              progress: ProgressCallback | None = None) -> dict[str, torch.Tensor]:
-    """The weights' state dict from the torch hub cache, downloading it first when allowed.
+    """Read the weights' state dict from the torch hub cache, downloading it first when allowed.
 
     Raises LabError "data.err_weights_offline" naming the file and folder when the file is not
     cached and downloading is off or fails.
@@ -208,7 +208,7 @@ def _is_safetensors(data: bytes) -> bool:
 
 
 def read_checkpoint(source: Any, name: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """A state dict (tensors on the CPU) from checkpoint bytes, without running any pickled code.
+    """Read a state dict (tensors on the CPU) from checkpoint bytes, without running pickled code.
 
     The format is recognised from the content: safetensors (8-byte header length then JSON),
     a torch zip archive ("PK"), or a legacy torch pickle. Torch files are read with
@@ -288,7 +288,7 @@ class HeadChange:
 
 @dataclass(frozen=True)
 class LoadReport:
-    """What `load_into_model` did."""
+    """Summary of a `load_into_model` call."""
 
     loaded: int  # tensors copied from the checkpoint
     replaced_head: list[HeadChange] = field(default_factory=list)
@@ -355,7 +355,7 @@ def load_into_model(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     result = model.load_state_dict(to_load, strict=False)
     replaced_keys = {h.key for h in replaced}
     leftover = [k for k in result.missing_keys if k not in replaced_keys and not k.endswith(OPTIONAL_SUFFIXES)]
-    if leftover or result.unexpected_keys:  # cannot happen after _plan_load's checks; kept as a guard
+    if leftover or result.unexpected_keys:  # _plan_load already raised for these; a guard against drift
         raise LabError("data.err_checkpoint_mismatch", name=name, missing=_shorten(leftover) or "-",
                        unexpected=_shorten(list(result.unexpected_keys)) or "-", shapes="-")
     logger.info("loaded %d tensors from %s; head replaced: %s; prefixes stripped: %s", len(to_load), name,
@@ -366,8 +366,8 @@ def load_into_model(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
 def check_fits(config: ResNetConfig, state_dict: Mapping[str, torch.Tensor], name: str = "checkpoint") -> LoadReport:
     """What `load_into_model` would report for a model of `config`, without building real weights.
 
-    The model is built on the meta device, so this is cheap enough for a page to call on every
-    change of architecture; it raises the same LabError as loading would.
+    The model is built on the meta device, so a page can afford to call this on every change of
+    architecture. It raises the same LabError as loading would.
     """
     source, stripped = strip_wrapper_prefixes(state_dict)
     with torch.device("meta"):
@@ -391,7 +391,7 @@ def infer_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> ResN
     "data.err_not_resnet" when nothing fits.
 
     NOTE: a plain network and a residual one with zero-padding shortcuts have identical
-    parameters, so such a checkpoint is read as residual; `skip_is_ambiguous` says when.
+    parameters, so such a checkpoint is read as residual; `skip_is_ambiguous` tells the caller.
     Input size is not stored in weights: 224 is assumed for the ImageNet stem, 32 for CIFAR.
     """
     sd, _ = strip_wrapper_prefixes(state_dict)
@@ -452,7 +452,7 @@ def skip_is_ambiguous(config: ResNetConfig) -> bool:
 
 
 def canonical_imagenet_depth(config: ResNetConfig) -> int | None:
-    """The ImageNet depth whose torchvision weights fit `config` (any head size), else None."""
+    """Return the ImageNet depth whose torchvision weights fit `config` (any head size), else None."""
     for depth, stages in IMAGENET_STAGES.items():
         reference = imagenet_config(depth)
         if config.replace(num_classes=reference.num_classes, input_size=reference.input_size,

@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 IDLE_EXIT_S = 10.0
 POLL_S = 0.5
+# Environment overrides, for servers and tests: torch threads of the worker (default: torch's
+# choice) and seconds without work before the worker exits.
+THREADS_ENV = "RESNET_LAB_WORKER_THREADS"
+IDLE_EXIT_ENV = "RESNET_LAB_WORKER_IDLE_EXIT_S"
 
 
 def resolve_job(kind: str):
@@ -101,9 +105,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="ResNet Lab background worker")
     parser.add_argument("--runs-dir", required=True, type=Path)
     parser.add_argument("--device", required=True)
-    parser.add_argument("--idle-exit-s", type=float, default=IDLE_EXIT_S)
+    parser.add_argument("--idle-exit-s", type=float, default=float(os.environ.get(IDLE_EXIT_ENV, IDLE_EXIT_S)))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    if os.environ.get(THREADS_ENV):
+        import torch
+
+        torch.set_num_threads(int(os.environ[THREADS_ENV]))
     serve(args.runs_dir, args.device, args.idle_exit_s)
 
 

@@ -50,8 +50,8 @@ def _widget_values(choice: ArchChoice) -> dict[str, object]:
         "arch_cifar_preset": cifar_depth if cifar_depth in CIFAR_PRESET_DEPTHS else CUSTOM_N,
         "arch_cifar_n": choice.cifar_n,
         "arch_block": choice.block,
-        "arch_custom_on": bool(choice.custom_stages),
-        "arch_custom_text": choice.custom_stages or format_stage_blocks(choice.stage_blocks()),
+        "arch_custom_on": choice.custom_stages is not None,
+        "arch_custom_text": format_stage_blocks(choice.stage_blocks()),
         "arch_skip": choice.skip,
         "arch_shortcut": choice.shortcut,
         "arch_stem": choice.stem,
@@ -82,6 +82,12 @@ def _on_depth_change() -> None:
     st.session_state["arch_block"] = canonical_block(family, st.session_state["arch_imagenet_depth"])
 
 
+def _on_custom_toggle() -> None:
+    """Hand-set stage counts start from those of the network built last."""
+    if st.session_state["arch_custom_on"]:
+        st.session_state["arch_custom_text"] = format_stage_blocks(state.get_arch_config().stage_blocks)
+
+
 def _depth_inputs(family: str) -> dict[str, int]:
     if family == "imagenet":
         depth = st.selectbox(t("arch.depth"), IMAGENET_DEPTHS, key="arch_imagenet_depth",
@@ -108,9 +114,9 @@ def architecture_form() -> ArchChoice:
         depth = _depth_inputs(family)
         block = st.selectbox(t("arch.block"), BLOCK_TYPES, key="arch_block", format_func=BLOCK_NAMES.get,
                              help=t("arch.block_help"))
-        custom = st.toggle(t("arch.custom_stages"), key="arch_custom_on")
+        custom = st.toggle(t("arch.custom_stages"), key="arch_custom_on", on_change=_on_custom_toggle)
         stages_text = st.text_input(t("arch.stage_counts"), key="arch_custom_text",
-                                    help=t("arch.stage_counts_help")) if custom else ""
+                                    help=t("arch.stage_counts_help")) if custom else None
         skip = st.toggle(t("arch.skip"), key="arch_skip", help=t("arch.skip_help"))
         shortcut = st.radio(t("arch.shortcut"), SHORTCUTS, key="arch_shortcut",
                             format_func=lambda s: t(f"arch.shortcut_{s}"), help=t("arch.shortcut_help"))
@@ -140,13 +146,13 @@ def show_identity(choice: ArchChoice, summary: ModelSummary) -> None:
     stages = format_stage_blocks(tuple(summary.config["stage_blocks"]))
     st.markdown(t("arch.built_as", layers=layers, stages=stages, block=_block_name(choice.block)))
 
-    if choice.family == "imagenet" and not choice.custom_stages:
+    if choice.family == "imagenet" and choice.custom_stages is None:
         requested = f"ResNet-{choice.imagenet_depth}"
         if summary.canonical_name != requested:
             actual = summary.canonical_name or t("arch.no_canonical")
             st.info(t("arch.pairing_note", requested=requested, stages=stages, block=_block_name(choice.block),
                       layers=layers, name=actual))
-    if choice.family == "cifar" and not choice.custom_stages:
+    if choice.family == "cifar" and choice.custom_stages is None:
         formula = "9n+2" if choice.block == "bottleneck" else "6n+2"
         st.caption(t("arch.cifar_formula", n=choice.cifar_n, formula=formula, layers=layers))
     if not choice.skip:
@@ -191,6 +197,12 @@ def _translated_columns(frame, columns: tuple[str, ...]):
     return frame.rename(columns={column: t(f"arch.col_{column}") for column in columns})
 
 
+def _count_columns() -> dict:
+    """Parameters and MACs with thousands separators, as in the totals."""
+    return {t(f"arch.col_{column}"): st.column_config.NumberColumn(format="localized")
+            for column in ("params", "macs")}
+
+
 def show_table(summary: ModelSummary) -> None:
     groups = [group.name for group in summary.groups]
     left, right = st.columns(2)
@@ -198,11 +210,13 @@ def show_table(summary: ModelSummary) -> None:
     group = right.selectbox(t("arch.filter_group"), [None, *groups], key="arch_filter_group",
                             format_func=lambda g: t("arch.all_groups") if g is None else g)
     table = layer_table(summary, only_weighted=only_weighted, group=group)
-    st.dataframe(_translated_columns(table, LAYER_COLUMNS), hide_index=True, width="stretch")
+    st.dataframe(_translated_columns(table, LAYER_COLUMNS), hide_index=True, width="stretch",
+                 column_config=_count_columns())
     st.caption(t("arch.table_caption", rows=len(table)))
 
     st.subheader(t("arch.stage_header"))
-    st.dataframe(_translated_columns(stage_table(summary), STAGE_COLUMNS), hide_index=True, width="stretch")
+    st.dataframe(_translated_columns(stage_table(summary), STAGE_COLUMNS), hide_index=True, width="stretch",
+                 column_config=_count_columns())
 
 
 def _stage_bars(summaries: list[tuple[str, ModelSummary]], value: str, title_key: str) -> go.Figure:
@@ -288,8 +302,11 @@ except LabError as error:
     show_error(t, error)
     st.stop()
 
+shared_changed = state.get_arch_config() != config
 state.set_arch_config(config)
 st.session_state[WRITTEN_CONFIG] = config.to_dict()
+if shared_changed:
+    st.rerun()  # the sidebar's model badge was drawn before this run chose the model
 
 show_identity(choice, summary)
 show_totals(summary)

@@ -49,7 +49,7 @@ EPOCH_LINE, WARMUP_LINE = "#bbbbbb", "#888888"
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def cached_model(config_json: str):
-    """The architecture's network, for group and parameter names only: never mutated."""
+    """Build the architecture's network once; it is only read (group and parameter names), never mutated."""
     return build_resnet(ResNetConfig.from_dict(json.loads(config_json)))
 
 
@@ -100,7 +100,7 @@ def groups_from_rows(rows: pd.DataFrame) -> tuple[GroupSchedule, ...]:
 
 
 def schedule_from_widgets(rows: pd.DataFrame) -> Schedule:
-    """The schedule the controls describe; raises LabError when it is not valid."""
+    """Build the schedule the controls describe; raise LabError when it is invalid."""
     s = st.session_state
     in_epochs = s["ft_warmup_unit"] == "epochs"
     return Schedule(
@@ -122,7 +122,7 @@ def schedule_from_widgets(rows: pd.DataFrame) -> Schedule:
 
 
 def stored_schedule(model) -> Schedule | None:
-    """The schedule kept for Entrenamiento, if there is one and it fits this architecture."""
+    """Return the schedule kept for Entrenamiento, if there is one and it fits this architecture."""
     text = state.get_schedule_json()
     if not text:
         return None
@@ -136,7 +136,7 @@ def stored_schedule(model) -> Schedule | None:
 
 def ensure_seeded(model, arch_json: str) -> None:
     """Fill the controls on a first visit, after another page changed the architecture, or when
-    the controls were dropped (Streamlit forgets widget values of pages not shown)."""
+    the controls were dropped (Streamlit drops the widget values of a page that is not shown)."""
     key = (arch_json, state.get_schedule_json())
     if "ft_epochs" in st.session_state and st.session_state.get(SEEDED_FOR) == key:
         return
@@ -164,7 +164,7 @@ def apply_preset(group_names: list[str]) -> None:
 
 
 def on_upload(model) -> None:
-    """Load an uploaded schedule; on any problem keep everything as it was and say why."""
+    """Load an uploaded schedule. On an invalid file keep everything as it was and show why."""
     uploaded = st.session_state.get("ft_upload")
     st.session_state.pop(UPLOAD_ERROR, None)
     if uploaded is None:
@@ -388,7 +388,7 @@ def save_and_load(schedule: Schedule, model) -> None:
 
 
 def finder_config(schedule: Schedule) -> dict:
-    """The "lr_find" job's config from the finder controls and the current schedule."""
+    """Build the "lr_find" job's config from the finder controls and the current schedule."""
     s = st.session_state
     finder = FinderConfig(lr_start=float(s["ft_finder_lr_start"]), lr_end=float(s["ft_finder_lr_end"]),
                           num_steps=int(s["ft_finder_steps"]), at_epoch=int(s["ft_finder_epoch"]))
@@ -506,7 +506,7 @@ def finder_status_body(run_id: str) -> None:
 
 
 def finder_status(run_id: str, run_every: int | None) -> None:
-    """The run's status and curve, refreshed every second while it runs, without the rest of the page."""
+    """Show the run's status and curve, refreshed every second while it runs, without the rest of the page."""
     st.fragment(run_every=run_every)(finder_status_body)(run_id)
 
 

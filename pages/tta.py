@@ -37,7 +37,8 @@ THUMB_MIN_SIDE = 128  # small inputs (32 px) are enlarged with nearest-neighbour
 VIEW_COLUMNS = 5
 EVAL_MIN, EVAL_MAX, EVAL_DEFAULT = 10, 500, 50
 REFERENCE_COLOUR, TTA_COLOUR = "#9aa5b1", "#1f77b4"  # identity grey, TTA blue, in every chart
-NEUTRAL_DELTA = "off"  # st.metric delta_color for a delta that is information, not good or bad
+NEUTRAL_DELTA = "off"  # st.metric delta_color/delta_arrow for a delta that is information, not good or bad
+CATEGORY_AXIS = "category"  # class names such as "3" must not become numbers on a Plotly axis
 BASELINE_DASH = "dot"
 
 t = page_setup("tta.title")
@@ -45,6 +46,11 @@ t = page_setup("tta.title")
 
 def percent(value: float) -> str:
     return f"{value * 100:.1f} %"
+
+
+def points(change: float) -> str:
+    """A probability change in percentage points with its sign; -0.0 shows as +0.0."""
+    return f"{round(change * 100, 2) + 0.0:+.2f}"
 
 
 def digest(data: bytes) -> str:
@@ -280,6 +286,7 @@ def merged_chart(t: Translator, prediction: tta.TTAPrediction, names: list[str],
         legend=dict(orientation="h", y=-0.15),
     )
     figure.update_xaxes(title_text=t("tta.axis_probability"), range=[0, 1.15], tickformat=".0%")
+    figure.update_yaxes(type=CATEGORY_AXIS)
     return figure
 
 
@@ -289,7 +296,7 @@ def changes_table(t: Translator, changes: list[tuple[int, float]], prediction: t
         t("tta.col_class"): [names[index] for index, _ in changes],
         t("tta.col_identity"): [percent(float(prediction.reference[index])) for index, _ in changes],
         t("tta.col_tta"): [percent(float(prediction.merged[index])) for index, _ in changes],
-        t("tta.col_change"): [f"{change * 100:+.2f}" for _, change in changes],
+        t("tta.col_change"): [points(change) for _, change in changes],
     })
 
 
@@ -297,14 +304,19 @@ def show_comparison(t: Translator, prediction: tta.TTAPrediction, names: list[st
     comparison = tta.compare_to_identity(prediction, k)
     agreeing = sum(top == comparison.merged_top for top in comparison.per_view_top)
     col1, col2, col3 = st.columns(3)
+    change = comparison.merged_confidence - comparison.reference_confidence
+    same_class = comparison.merged_top == comparison.reference_top
     col1.metric(t("tta.metric_identity"), names[comparison.reference_top],
-                t("tta.confidence", p=percent(comparison.reference_confidence)), delta_color=NEUTRAL_DELTA)
+                t("tta.confidence", p=percent(comparison.reference_confidence)),
+                delta_color=NEUTRAL_DELTA, delta_arrow=NEUTRAL_DELTA)
+    # A confidence change is good or bad only when the class stays the same.
     col2.metric(t("tta.metric_tta"), names[comparison.merged_top],
-                t("tta.confidence_change", p=percent(comparison.merged_confidence),
-                  change=f"{(comparison.merged_confidence - comparison.reference_confidence) * 100:+.1f}"),
-                delta_color="normal" if comparison.merged_top == comparison.reference_top else NEUTRAL_DELTA)
+                t("tta.confidence_change", p=percent(comparison.merged_confidence), change=points(change)),
+                delta_color="normal" if same_class else NEUTRAL_DELTA,
+                delta_arrow="auto" if same_class else NEUTRAL_DELTA)
     col3.metric(t("tta.metric_agreement"), f"{agreeing}/{len(comparison.per_view_top)}",
-                percent(comparison.agreement), delta_color=NEUTRAL_DELTA, help=t("tta.agreement_help"))
+                percent(comparison.agreement), delta_color=NEUTRAL_DELTA, delta_arrow=NEUTRAL_DELTA,
+                help=t("tta.agreement_help"))
     if comparison.merged_top != comparison.reference_top:
         st.warning(t("tta.changed", before=names[comparison.reference_top], after=names[comparison.merged_top]))
     else:
@@ -439,7 +451,7 @@ def single_view_chart(t: Translator, report: tta.EvaluationReport) -> go.Figure:
     figure.add_hline(y=report.baseline, line_dash=BASELINE_DASH)
     figure.update_layout(title=t("tta.eval_single_title"), height=380, margin=dict(l=10, r=10, t=50, b=10))
     figure.update_yaxes(title_text=t("tta.axis_accuracy"), range=[0, 1.1], tickformat=".0%")
-    figure.update_xaxes(title_text=t("tta.axis_view"))
+    figure.update_xaxes(title_text=t("tta.axis_view"), type=CATEGORY_AXIS)
     return figure
 
 
@@ -450,7 +462,7 @@ def show_report(t: Translator, report: tta.EvaluationReport) -> None:
     col1, col2, col3 = st.columns(3)
     col1.metric(t("tta.eval_images"), report.n_images)
     col2.metric(t("tta.eval_without"), percent(report.baseline))
-    col3.metric(t("tta.eval_best"), percent(best), f"{(best - report.baseline) * 100:+.1f}",
+    col3.metric(t("tta.eval_best"), percent(best), points(best - report.baseline),
                 help=t("tta.eval_best_help", set=best_set, mode=t(f"tta.merge_{best_mode}")))
     st.dataframe(evaluation_table(t, report), hide_index=True)
     st.plotly_chart(single_view_chart(t, report), key="tta_eval_chart")

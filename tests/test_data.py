@@ -23,6 +23,7 @@ from core.data import (
     extract_zip,
     fit_normalization,
     load_dataset,
+    load_digits_arrays,
     natural_sort_key,
     sample_photos,
     scan_image_folder,
@@ -114,18 +115,21 @@ class TestEmbedded:
     def test_digits_are_the_real_scans(self):
         from sklearn.datasets import load_digits
 
+        reference = load_digits()
+        classes, images, labels = load_digits_arrays()
+        assert classes == [str(d) for d in range(10)]
+        assert images.shape == (1797, 8, 8, 3)
+        np.testing.assert_array_equal(labels, reference.target)
+        # 0..16 ink levels scaled by 255/16 and rounded, the same value in all three channels
+        expected = np.floor(reference.images * 255 / 16 + 0.5)
+        for channel in range(3):
+            np.testing.assert_array_equal(images[..., channel], expected)
+
+    def test_digits_dataset(self):
         loaded = load_dataset({"source": "digits"})
         assert loaded.classes == [str(d) for d in range(10)]
         assert len(loaded.train) + len(loaded.val) == 1797
         assert loaded.split_kind == "stratified"
-        reference = load_digits()
-        first_train = int(loaded.train.labels[0])
-        # train indices are sorted, so sample 0 of the pool (a zero) is the first training sample
-        # unless it went to validation; compare whichever split holds it.
-        holder = loaded.train if np.array_equal(loaded.train.arrays[0, :, :, 0],
-                                                np.floor(reference.images[0] * 255 / 16 + 0.5)) else loaded.val
-        np.testing.assert_array_equal(holder.arrays[0, :, :, 0], np.floor(reference.images[0] * 255 / 16 + 0.5))
-        assert first_train in range(10)
 
     def test_digits_split_counts(self):
         counts = load_dataset({"source": "digits", "val_fraction": 0.2, "seed": 0}).counts()
@@ -484,6 +488,23 @@ class TestZipExtraction:
         with pytest.raises(LabError) as info:
             extract_zip(b"PK but not really", "fake.zip", destination=tmp_path / "u")
         assert (info.value.key, info.value.params["name"]) == ("data.err_zip_invalid", "fake.zip")
+
+    def test_concurrent_publish_keeps_first(self, tmp_path, monkeypatch):
+        archive = make_zip([("a/1.png", png_bytes()), ("b/1.png", png_bytes())])
+        first = extract_zip(archive, "d.zip", destination=tmp_path / "u")
+        # A second session that checked before the first one published still extracts, then
+        # finds the published folder when it renames and uses it.
+        calls = []
+
+        def not_published_at_first_look(published, digest):
+            calls.append(published)
+            return None if len(calls) == 1 else first
+
+        monkeypatch.setattr(data_module, "_reuse_extraction", not_published_at_first_look)
+        second = extract_zip(archive, "d.zip", destination=tmp_path / "u")
+        assert second == first
+        assert len(calls) == 2
+        assert [p.name for p in (tmp_path / "u").iterdir()] == ["extracted"]
 
     def test_same_upload_reuses_extraction(self, tmp_path):
         archive = make_zip([("a/1.png", png_bytes()), ("b/1.png", png_bytes())])

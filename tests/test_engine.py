@@ -343,17 +343,23 @@ def wait_for(predicate, timeout_s=90.0, interval_s=0.2):
     raise AssertionError(f"condition not met within {timeout_s} s")
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("RESNET_LAB_RUNS_DIR", str(tmp_path / "runs"))
-    store = jobs.Store(tmp_path / "runs")
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One runs dir and one worker for the worker tests: the worker's imports are paid once."""
+    root = tmp_path_factory.mktemp("worker-runs")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RESNET_LAB_RUNS_DIR", str(root))
+    patch.setenv("RESNET_LAB_WORKER_THREADS", "1")
+    patch.setenv("RESNET_LAB_WORKER_IDLE_EXIT_S", "60")
+    store = jobs.Store(root)
     yield store
     for pid in store.live_workers("cpu"):
         os.kill(pid, signal.SIGTERM)
+    patch.undo()
 
 
 def slow_config(epochs):
-    return {**run_config(epochs=epochs, data={"source": "digits", "max_per_class": 60}), "device": "cpu"}
+    return {**run_config(epochs=epochs, data={"source": "digits", "max_per_class": 30}), "device": "cpu"}
 
 
 def test_worker_cancel_ends_run_as_cancelled(store):

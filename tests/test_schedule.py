@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from core.errors import LabError
-from core.groups import default_groups
-from core.models import build_resnet, cifar_config
+from core.groups import default_groups, group_parameter_counts
+from core.models import build_resnet, cifar_config, imagenet_config
 from core.schedule import (
     PRESETS,
     SCHEDULE_VERSION,
@@ -402,6 +402,24 @@ class TestPreviewSteps:
         steps = s.preview_steps(max_points=500)
         assert len(steps) < 600
         assert {0, 1233, 1234, 29_999, 17_000}.issubset(steps)
+
+
+class TestPreviewData:
+    def test_lr_curves_are_none_while_frozen(self):
+        s = TestUnfreezing().schedule()
+        steps, curves = s.lr_curves()
+        assert curves["body"] == [None] * 10 + [s.lr("body", step) for step in range(10, 20)]
+        assert steps == list(range(20))
+
+    def test_trainable_parameters_by_epoch(self):
+        s = TestUnfreezing().schedule()
+        assert s.trainable_parameters_by_epoch({"stem": 7, "body": 100, "head": 3}) == [3, 3, 103, 103]
+
+    def test_resnet18_head_only_count_is_the_fc_layer(self):
+        model = build_resnet(imagenet_config(18))
+        s = make_preset("feature_extraction", list(default_groups(model)), epochs=2)
+        counts = group_parameter_counts(model, s.layer_groups(model))
+        assert s.trainable_parameters_by_epoch(counts) == [513_000, 513_000]  # 512 × 1000 + 1000
 
 
 def cifar_schedule(**changes) -> Schedule:

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from core.schedule import GroupSchedule, Schedule
 
-SETTINGS = settings(max_examples=150, deadline=None)
+SETTINGS = settings(max_examples=80, deadline=None)
 
 
 @st.composite

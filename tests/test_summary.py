@@ -383,3 +383,16 @@ def test_config_dict_is_stored_with_the_summary():
     config = cifar_config(32)
     summary = summarize_config(config)
     assert ResNetConfig.from_dict(summary.config) == config
+
+
+def test_choice_with_empty_custom_stages_is_an_error():
+    with pytest.raises(LabError) as error:
+        ArchChoice(custom_stages="").to_config()
+    assert error.value.key == "arch.err_stage_text"
+
+
+def test_cifar_n_200_summarises():
+    """ResNet-1202, the paper's deepest CIFAR network (He et al. 2016 Table 6: 19.4M parameters)."""
+    summary = summarize_config(cifar_config(1202))
+    assert summary.weighted_layers == 1202
+    assert summary.total_params == 19_421_274 == _cifar_option_a_params(200)

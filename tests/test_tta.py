@@ -363,3 +363,83 @@ class TestSamplePhotos:
         photo = {photo.name: photo for photo in sample_photos()}[name]
         prediction = tta.predict_tta(tiny_model, decode_image(photo.data, photo.file_name).image, SMALL, ["ten_crop"])
         assert tuple(prediction.logits.shape) == (11, 5)
+
+
+class TestModelBundles:
+    def test_imagenet_from_the_cache(self, tmp_path, monkeypatch):
+        """With the weight file in the torch cache, the categories and recipe come from the weights' meta."""
+        from core import weights
+        from core.models import imagenet_config
+
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+        name = weights.DEFAULT_IMAGENET_WEIGHTS[18]
+        reference = build_resnet(imagenet_config(18), seed=0)
+        weights.weights_path(name).parent.mkdir(parents=True)
+        torch.save(reference.state_dict(), weights.weights_path(name))
+
+        bundle = tta.bundle_from_imagenet(name)
+        assert bundle.class_names[281] == "tabby"
+        assert (bundle.preprocessing.resize_size, bundle.preprocessing.input_size) == (256, 224)
+        assert torch.equal(bundle.model.fc.weight, reference.fc.weight)
+        assert not bundle.model.training
+
+    def test_imagenet_offline_names_the_file(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+        with pytest.raises(LabError) as info:
+            tta.bundle_from_imagenet("ResNet50_Weights.IMAGENET1K_V2")
+        assert info.value.key == "data.err_weights_offline"
+        assert info.value.params["file"] == "resnet50-11ad3fa6.pth"
+
+    def test_checkpoint_architecture_inferred(self, tiny_model):
+        from safetensors.torch import save
+
+        data = save({key: value.contiguous() for key, value in tiny_model.state_dict().items()})
+        bundle = tta.bundle_from_checkpoint(data, "tiny.safetensors", input_size=24, normalization="half")
+        assert bundle.config.stage_blocks == (1, 1, 1)
+        assert bundle.config.num_classes == 5
+        assert bundle.class_names == ["0", "1", "2", "3", "4"]
+        assert bundle.preprocessing.input_size == 24
+        assert bundle.preprocessing.mean == (0.5, 0.5, 0.5)
+        assert ("tta.note_skip_ambiguous", {}) in bundle.notes  # zero-padding shortcuts look like a plain net
+
+    def test_checkpoint_identity_matches_the_source_model(self, tiny_model):
+        from safetensors.torch import save
+
+        data = save({key: value.contiguous() for key, value in tiny_model.state_dict().items()})
+        bundle = tta.bundle_from_checkpoint(data, "tiny.safetensors", input_size=32, normalization="half")
+        image = gradient_image(40, 40)
+        ours = tta.predict_tta(bundle.model, image, bundle.preprocessing, ["identity"]).logits
+        theirs = tta.predict_tta(tiny_model, image, bundle.preprocessing, ["identity"]).logits
+        assert torch.allclose(ours, theirs, atol=1e-6)
+
+    def test_imagenet_stem_checkpoint_gets_the_imagenet_recipe(self):
+        from core.models import imagenet_config
+
+        config = imagenet_config(18, num_classes=3)
+        pre = tta.checkpoint_preprocessing(config)
+        assert (pre.resize, pre.resize_size, pre.input_size) == ("resize_crop", 256, 224)
+
+    def test_class_count_must_match_the_head(self, tiny_model):
+        with pytest.raises(LabError) as info:
+            tta.ModelBundle(tiny_model, ["a", "b"], SMALL, cifar_config(8, base_width=4, num_classes=5), "run", "x")
+        assert info.value.key == "tta.err_class_count"
+
+
+class TestLabelledSets:
+    def test_match_classes_exact_then_case_insensitive(self):
+        mapping, unknown = tta.match_classes(["Tabby", "goldfish", "gato"], ["goldfish", "tabby", "Goldfish"])
+        assert mapping == {"Tabby": 1, "goldfish": 0}
+        assert unknown == ["gato"]
+
+    def test_pick_evenly_takes_classes_in_turn(self):
+        labels = [0] * 10 + [1] * 2 + [2] * 5
+        chosen = tta.pick_evenly(labels, 7)
+        counts = np.bincount([labels[i] for i in chosen], minlength=3)
+        assert counts.tolist() == [3, 2, 2]
+
+    def test_pick_evenly_is_seeded(self):
+        labels = [0, 1] * 20
+        assert tta.pick_evenly(labels, 9, seed=1) == tta.pick_evenly(labels, 9, seed=1)
+
+    def test_pick_evenly_caps_at_the_set_size(self):
+        assert tta.pick_evenly([0, 1, 1], 10) == [0, 1, 2]

@@ -160,3 +160,15 @@ def test_form_follows_a_config_set_elsewhere():
     assert at.radio(key="arch_family").value == "cifar"
     assert at.subheader[0].value == "ResNet-56"
     assert "853,018" in _metrics(at)
+
+
+def test_custom_stages_start_from_the_current_network():
+    at = open_page(PAGE, lang="es")
+    at.run()
+    at.selectbox(key="arch_imagenet_depth").set_value(50).run()
+    at.toggle(key="arch_custom_on").set_value(True).run()
+    assert at.text_input(key="arch_custom_text").value == "3, 4, 6, 3"
+    assert at.subheader[0].value == "ResNet-50"
+    at.text_input(key="arch_custom_text").set_value("").run()
+    assert not at.exception
+    assert "No puedo leer" in at.error[0].value

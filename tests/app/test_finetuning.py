@@ -129,7 +129,7 @@ def test_unfreeze_epoch_past_the_end_after_shortening_the_run():
     before = at.session_state["schedule_json"]
     at.number_input(key="ft_epochs").set_value(2)
     at.run()
-    assert any("unfreezes at epoch 2, but the run has 2 epochs" in message for message in errors(at))
+    assert any("Group layer1 unfreezes at epoch 4, but the run has 2 epochs (0 to 1)" in message for message in errors(at))
     assert at.session_state["schedule_json"] == before
 
 

@@ -1,0 +1,95 @@
+"""Plotly figures of training runs for the Entrenamiento page.
+
+Every figure is built fresh from a DataFrame that `core.jobs.metrics(..., max_points=...)`
+already downsampled, and nothing is kept between redraws, so a page polling a run for an hour
+uses the same memory as in its first minute. Column names are the engine's metric names
+("loss", "acc", "lr/<group>", "grad_norm/<group>", "images_per_s").
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from ui.common import Translator
+
+HEIGHT = 300
+TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#d62728"
+CATEGORY_AXIS = "category"  # class names such as "3" must stay labels, not numbers
+MARKERS_AND_LINES = "lines+markers"
+
+
+def _figure(title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
+    figure = go.Figure()
+    figure.update_layout(title=title, height=HEIGHT, margin=dict(l=10, r=10, t=40, b=10),
+                         legend=dict(orientation="h", y=-0.25), uirevision="keep")
+    figure.update_xaxes(title=x_title)
+    figure.update_yaxes(title=y_title, type="log" if log_y else "linear")
+    return figure
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Rows of `frame` that have metric `name` (a row may lack it, e.g. images_per_s)."""
+    if frame.empty or name not in frame.columns:
+        return frame.iloc[0:0]
+    return frame[frame[name].notna()]
+
+
+def train_val_figure(t: Translator, train: pd.DataFrame, val: pd.DataFrame, metric: str) -> go.Figure:
+    """Per-step training values and per-epoch validation values of `metric` ("loss" or "acc")."""
+    figure = _figure(t(f"train.chart_{metric}"), t("train.axis_step"), t(f"train.axis_{metric}"))
+    rows = _column(train, metric)
+    figure.add_trace(go.Scatter(x=rows["step"], y=rows[metric], name=t("train.series_train"),
+                                line=dict(color=TRAIN_COLOUR, width=1), opacity=0.8))
+    rows = _column(val, metric)
+    figure.add_trace(go.Scatter(x=rows["step"], y=rows[metric], name=t("train.series_val"),
+                                mode=MARKERS_AND_LINES, line=dict(color=VAL_COLOUR, width=2)))
+    return figure
+
+
+def group_figure(t: Translator, train: pd.DataFrame, prefix: str, title_key: str, axis_key: str) -> go.Figure:
+    """One line per layer group for the columns named `<prefix>/<group>`, log scale."""
+    figure = _figure(t(title_key), t("train.axis_step"), t(axis_key), log_y=True)
+    for column in [c for c in train.columns if c.startswith(prefix + "/")]:
+        rows = _column(train, column)
+        rows = rows[rows[column] > 0]  # a frozen group's LR is 0, which a log axis cannot show
+        figure.add_trace(go.Scatter(x=rows["step"], y=rows[column], name=column.split("/", 1)[1],
+                                    line=dict(width=1.5)))
+    return figure
+
+
+def throughput_figure(t: Translator, train: pd.DataFrame) -> go.Figure:
+    figure = _figure(t("train.chart_throughput"), t("train.axis_step"), t("train.axis_images_per_s"))
+    rows = _column(train, "images_per_s")
+    figure.add_trace(go.Scatter(x=rows["step"], y=rows["images_per_s"], name=t("train.series_train"),
+                                line=dict(color=TRAIN_COLOUR)))
+    return figure
+
+
+def overlay_figure(t: Translator, curves: dict[str, pd.DataFrame], metric: str) -> go.Figure:
+    """Validation `metric` per epoch of several runs, one line per run name."""
+    figure = _figure(t(f"train.overlay_{metric}"), t("train.axis_epoch"), t(f"train.axis_{metric}"))
+    for name, frame in curves.items():
+        rows = _column(frame, metric)
+        figure.add_trace(go.Scatter(x=rows["epoch"] + 1, y=rows[metric], name=name, mode=MARKERS_AND_LINES))
+    return figure
+
+
+def confusion_figure(t: Translator, confusion: list[list[int]], class_names: list[str]) -> go.Figure:
+    """Rows: true class; columns: predicted class; the counts written in the cells."""
+    figure = go.Figure(go.Heatmap(z=confusion, x=class_names, y=class_names, colorscale="Blues",
+                                  text=confusion, texttemplate="%{text}", hovertemplate="%{y} → %{x}: %{z}"))
+    side = max(HEIGHT, 40 * len(class_names) + 120)
+    figure.update_layout(title=t("train.chart_confusion"), height=side, margin=dict(l=10, r=10, t=40, b=10))
+    figure.update_xaxes(title=t("train.axis_predicted"), type=CATEGORY_AXIS)
+    figure.update_yaxes(title=t("train.axis_true"), type=CATEGORY_AXIS, autorange="reversed")
+    return figure
+
+
+def per_class_figure(t: Translator, per_class_acc: list[float | None], class_names: list[str]) -> go.Figure:
+    figure = _figure(t("train.chart_per_class"), t("train.axis_class"), t("train.axis_acc"))
+    values = [value if value is not None else 0.0 for value in per_class_acc]
+    figure.add_trace(go.Bar(x=class_names, y=values, name=t("train.series_val"), marker=dict(color=VAL_COLOUR)))
+    figure.update_xaxes(type=CATEGORY_AXIS)
+    figure.update_yaxes(range=[0, 1])
+    return figure
