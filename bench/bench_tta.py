@@ -4,8 +4,8 @@
     .venv/bin/python bench/bench_tta.py --threads 1 --repeats 7
 
 Prints one line per measurement and the ratio batched ÷ single (target ≤ 0.5). "forward" times
-only the model; "end to end" also cuts the views from the decoded photo, as the TTA page does
-(the single-view path cuts each view on its own, as a per-view loop would). Both paths run the
+only the model. "end to end" also cuts the views from the decoded photo, as the TTA page does,
+and there the single-view path cuts each view on its own, as a per-view loop would. Both paths run the
 same model in eval mode under torch.inference_mode; the two are interleaved and the median of
 the repeats is reported, so background load on a shared machine hits both alike.
 """

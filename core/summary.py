@@ -1,9 +1,9 @@
 """Per-layer summary of a lab network: output shapes, parameters, multiply-accumulates.
 
-The network is built on PyTorch's "meta" device: tensors there carry shapes and dtypes but no
-storage, so a forward pass propagates shapes without computing anything. Summarising
-ResNet-152 therefore allocates none of its 60 million weights, and a config too large to
-hold in memory (base width 512, hundreds of blocks) can still be counted.
+The network is built on PyTorch's "meta" device, where tensors carry shapes but no storage, and
+one forward pass with hooks records every layer; no weight is ever initialised or multiplied
+(see `summarize_config`). A config too large to hold in memory (base width 512, hundreds of
+blocks) can still be counted.
 
 MACs follow the convention of torchvision's `_ops` metadata: multiply-accumulates of
 convolutions and fully connected layers only. BatchNorm, ReLU, pooling and the residual
@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 # A summary runs one hooked forward pass per block; past this many blocks the page would wait
 # for tens of seconds. CIFAR's ResNet-1202 (n = 200, 600 blocks) stays well inside.
 MAX_SUMMARY_BLOCKS = 1000
+
+# Networks up to this many parameters (400 MB in float32) get real, uninitialised CPU storage
+# for the summary pass; ResNet-152 has 60 million.
+MAX_CPU_SUMMARY_PARAMS = 100_000_000
 
 # Shortcut kinds of a block, as drawn in the diagram and shown in the table.
 SHORTCUT_IDENTITY = "identity"  # same shape: x is added unchanged
@@ -173,11 +177,12 @@ def _owning_block(name: str, block_names: set[str]) -> str | None:
     return candidate if candidate in block_names else None
 
 
-def summarize_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelSummary:
+def summarize_model(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1) -> ModelSummary:
     """Run one forward pass of a lab ResNet with hooks and collect the summary.
 
-    `model` may live on any device, "meta" included; `input_shape` is (C, H, W). The model is
-    put in eval mode for the pass and returned to its previous mode.
+    `model` may live on any device, "meta" included; `input_shape` is (C, H, W). Shapes and MACs
+    are per image, so `batch_size` may be 0: PyTorch's kernels then compute every shape and no
+    arithmetic. The model is put in eval mode for the pass and returned to its previous mode.
     """
     groups = default_groups(model)
     block_modules = dict(model.blocks())
@@ -231,7 +236,7 @@ def summarize_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelSumm
     try:
         model.eval()
         with torch.no_grad():
-            output = model(torch.empty((1, *input_shape), device=device))  # (1, num_classes)
+            output = model(torch.empty((batch_size, *input_shape), device=device))  # (B, num_classes)
     finally:
         for handle in handles:
             handle.remove()
@@ -296,15 +301,27 @@ def _group_summaries(model: nn.Module, rows: list[LayerRow], groups: dict[str, l
 
 
 def summarize_config(config: ResNetConfig) -> ModelSummary:
-    """Build `config` on the meta device and summarise it; raises LabError for a bad config."""
+    """Build `config` without computing any weights and summarise it; LabError for a bad config.
+
+    Weight values never enter a summary, so the network is built on the meta device with
+    PyTorch's default init (Fixup keeps its own: it adds one parameter per block). Up to
+    MAX_CPU_SUMMARY_PARAMS, the weights then get uninitialised CPU storage and the pass runs on
+    an empty batch: CPU kernels find shapes much faster than meta ones, whose BatchNorm is a
+    Python decomposition. Larger networks stay on the meta device and allocate nothing.
+    """
     validate(config)
     if sum(config.stage_blocks) > MAX_SUMMARY_BLOCKS:
         raise LabError("arch.err_too_many_blocks", value=sum(config.stage_blocks), maximum=MAX_SUMMARY_BLOCKS)
 
     started = time.perf_counter()
+    shape_config = config if config.init == "fixup" else config.replace(init="default")
     with torch.device("meta"):
-        model = build_resnet(config)
-    summary = summarize_model(model, (config.in_channels, config.input_size, config.input_size))
+        model = build_resnet(shape_config)
+    batch_size = 1
+    if sum(p.numel() for p in model.parameters()) <= MAX_CPU_SUMMARY_PARAMS:
+        model = model.to_empty(device="cpu")
+        batch_size = 0
+    summary = summarize_model(model, (config.in_channels, config.input_size, config.input_size), batch_size)
     seconds = time.perf_counter() - started
     logger.info("summarised %s (%d blocks) in %.2f s", canonical_name(config) or "custom network",
                 sum(config.stage_blocks), seconds)

@@ -1,14 +1,15 @@
-"""Test-time augmentation (TTA): deterministic views of an image, one batch per image, merged answers.
+"""Test-time augmentation (TTA): deterministic views of an image, one batch per image, merged predictions.
 
 A view is a fixed geometric transform of the image (flip, crop, zoom, small rotation). Every view
 of one image goes through the model in a single batch, in eval mode under `torch.inference_mode`,
 so BatchNorm uses its running statistics and one image's logits do not depend on what else shares
 the batch. The merged prediction is compared with the identity view alone, the plain prediction.
 
-Views are cut from the decoded image with torchvision.transforms.v2 functional ops, following the
-preprocessing the model was trained with (`ViewGeometry`): the identity view *is* that
-preprocessing's evaluation transform, and every other view keeps its exact output size whatever
-the aspect ratio or size of the image.
+Views follow the preprocessing the model was trained with (`core.data.Preprocessing`): the
+identity view *is* that preprocessing's output. The other views resize the decoded image with the
+same policy and interpolation (Pillow, as the preprocessing does), then crop, flip and rotate the
+normalised tensor with torchvision.transforms.v2 functional ops. Every view has exactly the input
+size, whatever the aspect ratio or size of the image.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ MAX_VIEW_ASPECT = 16
 # Frames other than the identity are resized from a copy box-reduced (exact pixel averages) to at
 # most this many times the largest frame, so a 40-megapixel photo is not resampled six times.
 WORKING_SIZE_FACTOR = 2
-# A single forward pass never holds more views than this (about 0.6 GB of activations for a
+# A single forward pass contains at most this many views (about 0.6 GB of activations for a
 # ResNet-18 at 224 px); larger view sets are split, which leaves every view's logits unchanged.
 MAX_VIEWS_PER_PASS = 32
 
@@ -63,8 +64,8 @@ CROP_POSITIONS = ("tl", "tr", "bl", "br", "c")  # the order of torchvision's fiv
 
 @dataclass(frozen=True)
 class View:
-    """One deterministic transform. `source` says where its pixels come from before the flips and
-    the rotation: the identity input, a corner or centre crop of the crop canvas, or a zoom."""
+    """One deterministic transform. `source` is where its pixels come from before the flips and the
+    rotation: the identity input, a corner or centre crop of the crop canvas, or a zoom."""
 
     name: str  # stable identifier, also the catalog suffix of its label: "tta.view_<name>"
     source: str  # "identity" | "crop" | "scale"
@@ -115,13 +116,13 @@ def expand_views(families: Iterable[str]) -> list[View]:
 
     Five-crop and ten-crop share their first five views, so selecting both gives ten views.
     """
-    wanted = set(families)
-    unknown = sorted(wanted - set(VIEW_FAMILIES))
+    requested = set(families)
+    unknown = sorted(requested - set(VIEW_FAMILIES))
     if unknown:
         raise LabError("tta.err_unknown_family", family=", ".join(unknown), allowed=", ".join(VIEW_FAMILIES))
     views: dict[str, View] = {}
     for family in VIEW_FAMILIES:
-        if family in wanted:
+        if family in requested:
             for view in _family_views(family):
                 views.setdefault(view.name, view)
     return list(views.values())
@@ -167,12 +168,12 @@ class _ViewCutter:
         return self._working
 
     def _target_short(self, scale: float) -> float:
-        """The short side (the long one for letterbox) the policy resizes to, times `scale`."""
+        """Return the short side (the long one for letterbox) the policy resizes to, times `scale`."""
         base = (self.pre.resize_size or self.side) if self.pre.resize == "resize_crop" else self.side
         return base * scale
 
     def _frame_size(self, target: int) -> tuple[int, int]:
-        """(width, height) of the resized image before cropping or padding."""
+        """Return the (width, height) of the resized image before cropping or padding."""
         width, height = self._working_image().size
         if self.pre.resize == "stretch":
             return target, target
@@ -180,7 +181,7 @@ class _ViewCutter:
         return max(1, round(width * ratio)), max(1, round(height * ratio))
 
     def _frame(self, target: int) -> torch.Tensor:
-        """The image resized by the policy so its reference side is `target` pixels. (C, h, w)"""
+        """Resize the image by the policy so its reference side is `target` pixels: (C, h, w), normalised."""
         size = self._frame_size(target)
         if size not in self._frames:
             resample = INTERPOLATIONS[self.pre.interpolation]
@@ -242,7 +243,7 @@ def make_views(image: Image.Image, preprocessing: Preprocessing, views: Sequence
 
 
 def model_input(image: Image.Image, preprocessing: Preprocessing) -> torch.Tensor:
-    """The plain model input of `image` (the identity view): (C, S, S) float32, normalised."""
+    """Return the plain model input of `image` (the identity view): (C, S, S) float32, normalised."""
     return make_views(image, preprocessing, [View("identity", "identity")])[0]
 
 
@@ -258,7 +259,7 @@ def to_display(pixels: torch.Tensor, preprocessing: Preprocessing) -> np.ndarray
 
 
 def forward_views(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Logits of a batch of views, (V, C, H, W) -> (V, K) float32 on the CPU.
+    """Return the logits of a batch of views, (V, C, H, W) -> (V, K) float32 on the CPU.
 
     Eval mode and inference mode make each row a function of its own view alone: BatchNorm
     uses running statistics and no dropout or batch statistic couples the rows.
@@ -305,7 +306,7 @@ class TTAPrediction:
 
 
 def batch_views(families: Iterable[str]) -> list[View]:
-    """The views an image's batch holds: the identity first (the reference), then the selected
+    """Return the views of one image's batch: the identity first (the reference), then the selected
     views in the fixed order. The identity joins the merge only when "identity" is selected."""
     selected = expand_views(families)
     if not selected:
@@ -365,14 +366,14 @@ def predict_tta(
 
 
 def top_k(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
-    """[(class index, probability)] of the k most likely classes, most likely first."""
+    """Return [(class index, probability)] of the k most likely classes, most likely first."""
     values, indices = probs.topk(min(k, probs.numel()))
     return [(int(i), float(v)) for i, v in zip(indices, values, strict=True)]
 
 
 @dataclass
 class Comparison:
-    """What TTA changed relative to the identity view alone."""
+    """Changes TTA made relative to the identity view alone."""
 
     reference_top: int  # class index predicted by the identity view
     merged_top: int  # class index predicted by the merge
@@ -385,6 +386,7 @@ class Comparison:
 
 
 def compare_to_identity(prediction: TTAPrediction, k: int = 5) -> Comparison:
+    """Compare the merged prediction with the identity view alone; `k` caps the gained and lost lists."""
     delta = prediction.merged - prediction.reference
     order = torch.argsort(delta, descending=True)
     gained = [(int(i), float(delta[i])) for i in order[:k] if delta[i] > 0]
@@ -424,8 +426,8 @@ class EvaluationReport:
 
 
 def view_sets(families: Iterable[str]) -> dict[str, list[str]]:
-    """The view sets an evaluation compares, as view names: the identity alone, the identity with
-    each selected family, and all selected families together ("all")."""
+    """Return the view sets an evaluation compares, as view names: the identity alone, the identity
+    with each selected family, and all selected families together ("all")."""
     chosen = [family for family in VIEW_FAMILIES if family in set(families) and family != "identity"]
     sets = {"identity": ["identity"]}
     for family in chosen:
@@ -445,7 +447,7 @@ def evaluate(
 ) -> EvaluationReport:
     """Accuracy of every single view and of every view set under every merge mode.
 
-    Each image's views run in one batch, once; the sets and modes are then merged from the stored
+    Each image's views run once, in one batch. The sets and modes are then merged from the stored
     logits, so comparing them costs no extra forward pass.
     """
     families = list(families)
@@ -512,7 +514,7 @@ def generic_class_names(count: int) -> list[str]:
 
 
 def bundle_from_run(run_dir: Path) -> ModelBundle:
-    """A finished run's model with the class names and preprocessing it was trained with."""
+    """Load a finished run's model with the class names and preprocessing it was trained with."""
     run_model = load_run_model(run_dir)
     config = ResNetConfig.from_dict(run_model.config["architecture"])
     names = run_model.class_names or generic_class_names(config.num_classes)
@@ -523,7 +525,7 @@ def bundle_from_run(run_dir: Path) -> ModelBundle:
 
 
 def bundle_from_imagenet(weights_name: str, allow_download: bool = False) -> ModelBundle:
-    """torchvision's ImageNet ResNet: categories and preprocessing from the weights' metadata.
+    """Load torchvision's ImageNet ResNet, with categories and preprocessing from the weights' metadata.
 
     Raises LabError "data.err_weights_offline" (naming the file and folder) when the weights are
     not in the torch cache and downloading is off or impossible.
@@ -538,7 +540,7 @@ def bundle_from_imagenet(weights_name: str, allow_download: bool = False) -> Mod
 
 def checkpoint_preprocessing(config: ResNetConfig, input_size: int | None = None,
                              normalization: str = "imagenet") -> Preprocessing:
-    """A preprocessing for an uploaded checkpoint, which stores weights but not its input recipe.
+    """Build a preprocessing for an uploaded checkpoint, which stores weights but no input recipe.
 
     ImageNet stem: torchvision's 256/224 recipe scaled to `input_size`; CIFAR stem: a plain
     resize. `normalization` is "imagenet" (torchvision's statistics) or "half" (mean = std = 0.5).
@@ -557,8 +559,8 @@ def checkpoint_preprocessing(config: ResNetConfig, input_size: int | None = None
 
 def bundle_from_checkpoint(data: bytes, name: str, input_size: int | None = None,
                            normalization: str = "imagenet") -> ModelBundle:
-    """An uploaded checkpoint, read without unpickling code, its architecture inferred from the
-    parameter names and shapes; 1000 outputs get ImageNet's category names, others their index."""
+    """Load an uploaded checkpoint without unpickling code, inferring the architecture from the
+    parameter names and shapes. A 1000-class head gets ImageNet's category names, others their index."""
     state_dict = weights.read_checkpoint(data, name)
     config = weights.infer_config_from_state_dict(state_dict)
     model = build_resnet(config)
@@ -599,7 +601,7 @@ def match_classes(folder_names: Sequence[str], class_names: Sequence[str]) -> tu
 
 
 def pick_evenly(labels: Sequence[int], limit: int, seed: int = 0) -> list[int]:
-    """Up to `limit` indices, taking classes in turn (round robin over a seeded shuffle of each)."""
+    """Return up to `limit` sorted indices, taking classes in turn (round robin over a seeded shuffle of each)."""
     rng = np.random.default_rng(seed)
     by_class: dict[int, list[int]] = {}
     for index, label in enumerate(labels):

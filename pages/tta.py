@@ -49,7 +49,7 @@ def percent(value: float) -> str:
 
 
 def points(change: float) -> str:
-    """A probability change in percentage points with its sign; -0.0 shows as +0.0."""
+    """Format a probability change in percentage points with its sign (-0.0 shows as +0.0)."""
     return f"{round(change * 100, 2) + 0.0:+.2f}"
 
 
@@ -392,14 +392,15 @@ def results_section(t: Translator, images: list[DecodedImage], bundle: tta.Model
 
 @st.cache_resource(max_entries=2, show_spinner=False)
 def run_validation_split(run_id: str):
-    """The validation split a run was trained with, rebuilt from its stored dataset spec."""
+    """Rebuild the validation split of a run from its stored dataset spec."""
     config = read_run_config(jobs.run_dir(run_id))
-    spec = config.get("data") or {}
-    return load_dataset(DatasetSpec.from_dict(spec.get("spec", spec))).val
+    if not config.get("data"):
+        raise LabError("tta.err_no_dataset_spec", run=run_id)
+    return load_dataset(DatasetSpec.from_dict(config["data"])).val
 
 
 def labelled_samples(t: Translator, bundle: tta.ModelBundle, source: str, limit: int):
-    """(list of (loader, label), description) of the chosen labelled set, or None to wait."""
+    """Return ([(image loader, label)], images available) of the chosen labelled set, or None to wait."""
     if source == "run_val":
         split = run_validation_split(bundle.label)
         chosen = tta.pick_evenly(split.labels.tolist(), limit)

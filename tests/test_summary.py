@@ -19,6 +19,7 @@ from core.architecture import (
     parse_stage_blocks,
     stage_table,
 )
+import core.summary
 from core.errors import LabError
 from core.models import ResNetConfig, build_resnet, cifar_config, imagenet_config, weighted_depth
 from core.summary import (
@@ -396,3 +397,22 @@ def test_cifar_n_200_summarises():
     summary = summarize_config(cifar_config(1202))
     assert summary.weighted_layers == 1202
     assert summary.total_params == 19_421_274 == _cifar_option_a_params(200)
+
+
+def test_meta_path_and_cpu_path_agree(monkeypatch):
+    config = imagenet_config(50, input_size=96)
+    on_cpu = summarize_config(config)
+    monkeypatch.setattr(core.summary, "MAX_CPU_SUMMARY_PARAMS", 0)  # force the meta-device pass
+    on_meta = summarize_config(config)
+    assert on_meta.rows == on_cpu.rows
+    assert on_meta.blocks == on_cpu.blocks
+
+
+def test_absurd_width_is_counted_without_memory():
+    """Base width 512 makes ResNet-18 about 740M parameters: counted on the meta device."""
+    config = imagenet_config(18, base_width=512)
+    with torch.device("meta"):
+        reference = sum(p.numel() for p in build_resnet(config).parameters())
+    summary = summarize_config(config)
+    assert summary.total_params == reference > core.summary.MAX_CPU_SUMMARY_PARAMS
+    assert summary.group("layer4").output_shape == (4096, 7, 7)

@@ -53,7 +53,7 @@ def tiny_model() -> torch.nn.Module:
 
 
 class TestViewList:
-    def test_order_is_fixed_whatever_the_selection_order(self):
+    def test_order_ignores_selection_order(self):
         assert tta.expand_views(["rotations", "hflip", "identity"]) == tta.expand_views(["identity", "hflip", "rotations"])
 
     def test_all_views_count(self):
@@ -100,7 +100,7 @@ class TestViewSizes:
         second = tta.make_views(image, PREPROCESSINGS["imagenet"], ALL_VIEWS)
         assert torch.equal(first, second)
 
-    def test_only_the_centre_crops_repeat_a_view(self):
+    def test_only_centre_crops_repeat(self):
         # With ImageNet's Resize(256) the crop canvas is the identity's frame, so the centre crop is
         # the identity view and its mirror the hflip view, as in torchvision's FiveCrop/TenCrop.
         views = tta.make_views(gradient_image(120, 180), PREPROCESSINGS["imagenet"], ALL_VIEWS)
@@ -110,7 +110,7 @@ class TestViewSizes:
         pairs = {(names[i], names[j]) for i, j in close.nonzero().tolist() if i < j}
         assert pairs == {("identity", "crop_c"), ("hflip", "crop_c_hflip")}
 
-    def test_all_views_distinct_when_stretching(self):
+    def test_views_distinct_when_stretching(self):
         views = tta.make_views(gradient_image(120, 180), SMALL, ALL_VIEWS)
         flat = views.flatten(1)
         distances = torch.cdist(flat, flat) + torch.eye(len(ALL_VIEWS)) * 1e9
@@ -150,7 +150,7 @@ class TestViewContent:
         assert torch.allclose(views[0], canvas[:, :224, :224], atol=1e-6)  # top left
         assert torch.allclose(views[3], canvas[:, -224:, -224:], atol=1e-6)  # bottom right
 
-    def test_zoom_out_pads_with_the_mean_colour(self):
+    def test_zoom_out_pads_with_mean_colour(self):
         zoom_out = [tta.View("scale_0.8", "scale", scale=0.8)]
         views = tta.make_views(gradient_image(100, 100), PREPROCESSINGS["imagenet"], zoom_out)
         # 0.8 × 256 = 205 pixels of image inside 224: 9 columns of padding on the left, 0 after normalising.
@@ -164,10 +164,10 @@ class TestViewContent:
 
     def test_display_round_trip(self):
         image = gradient_image(32, 32)
-        shown = tta.to_display(tta.model_input(image, SMALL), SMALL)
-        assert np.array_equal(shown, np.asarray(image))
+        displayed = tta.to_display(tta.model_input(image, SMALL), SMALL)
+        assert np.array_equal(displayed, np.asarray(image))
 
-    def test_view_labels_exist_in_both_languages(self):
+    def test_view_labels_in_both_languages(self):
         from core.i18n import load_catalog
 
         for lang in ("es", "en"):
@@ -241,7 +241,7 @@ class TestPrediction:
             expected = probs.max(axis=0) / probs.max(axis=0).sum()
         assert np.allclose(prediction.merged.double().numpy(), expected, atol=1e-5)
 
-    def test_identity_joins_the_merge_only_when_selected(self, tiny_model):
+    def test_identity_merged_only_when_selected(self, tiny_model):
         image = gradient_image(30, 30)
         without = tta.predict_tta(tiny_model, image, SMALL, ["hflip"])
         with_identity = tta.predict_tta(tiny_model, image, SMALL, ["identity", "hflip"])
@@ -317,7 +317,7 @@ class TestComparison:
 
 
 class TestEvaluation:
-    def test_accuracies_match_per_view_predictions(self, tiny_model):
+    def test_accuracies_match_per_view_argmax(self, tiny_model):
         images = [noise_image(30 + 3 * i, 40 - 2 * i, seed=i) for i in range(6)]
         families = ["hflip", "five_crop"]
         views = tta.expand_views(["identity", *families])
@@ -402,7 +402,7 @@ class TestModelBundles:
         assert bundle.preprocessing.mean == (0.5, 0.5, 0.5)
         assert ("tta.note_skip_ambiguous", {}) in bundle.notes  # zero-padding shortcuts look like a plain net
 
-    def test_checkpoint_identity_matches_the_source_model(self, tiny_model):
+    def test_checkpoint_matches_source_model(self, tiny_model):
         from safetensors.torch import save
 
         data = save({key: value.contiguous() for key, value in tiny_model.state_dict().items()})
@@ -412,7 +412,7 @@ class TestModelBundles:
         theirs = tta.predict_tta(tiny_model, image, bundle.preprocessing, ["identity"]).logits
         assert torch.allclose(ours, theirs, atol=1e-6)
 
-    def test_imagenet_stem_checkpoint_gets_the_imagenet_recipe(self):
+    def test_imagenet_stem_gets_imagenet_recipe(self):
         from core.models import imagenet_config
 
         config = imagenet_config(18, num_classes=3)
@@ -426,7 +426,7 @@ class TestModelBundles:
 
 
 class TestLabelledSets:
-    def test_match_classes_exact_then_case_insensitive(self):
+    def test_match_exact_then_casefold(self):
         mapping, unknown = tta.match_classes(["Tabby", "goldfish", "gato"], ["goldfish", "tabby", "Goldfish"])
         assert mapping == {"Tabby": 1, "goldfish": 0}
         assert unknown == ["gato"]
@@ -441,5 +441,27 @@ class TestLabelledSets:
         labels = [0, 1] * 20
         assert tta.pick_evenly(labels, 9, seed=1) == tta.pick_evenly(labels, 9, seed=1)
 
-    def test_pick_evenly_caps_at_the_set_size(self):
+    def test_pick_evenly_caps_at_set_size(self):
         assert tta.pick_evenly([0, 1, 1], 10) == [0, 1, 2]
+
+
+class TestPageCatalog:
+    """The page builds some catalog keys from option values; each must exist in both languages."""
+
+    @pytest.mark.parametrize("lang", ["es", "en"])
+    def test_option_keys_exist(self, lang):
+        from core.data import RESIZE_POLICIES, SAMPLE_PHOTO_FILES
+        from core.i18n import load_catalog
+
+        catalog = load_catalog(lang)
+        keys = [f"tta.family_{family}" for family in tta.VIEW_FAMILIES]
+        keys += [f"tta.merge_{mode}" for mode in tta.MERGE_MODES]
+        keys += [f"tta.pos_{position}" for position in tta.CROP_POSITIONS]
+        keys += [f"tta.resize_{policy}" for policy in RESIZE_POLICIES]
+        keys += [f"tta.sample_{name}" for name in SAMPLE_PHOTO_FILES]
+        keys += [f"tta.model_src_{source}" for source in ("run", "imagenet", "checkpoint")]
+        keys += [f"tta.src_{source}" for source in ("sample", "upload", "camera")]
+        keys += [f"tta.waiting_{source}" for source in ("sample", "upload", "camera")]
+        keys += [f"tta.eval_src_{source}" for source in ("run_val", "zip")]
+        keys += [f"tta.normalization_{name}" for name in ("imagenet", "half")]
+        assert [key for key in keys if key not in catalog] == []

@@ -17,12 +17,14 @@ HEIGHT = 300
 TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#d62728"
 CATEGORY_AXIS = "category"  # class names such as "3" must stay labels, not numbers
 MARKERS_AND_LINES = "lines+markers"
+KEEP_ZOOM = "keep"  # Plotly uirevision: a redraw keeps the user's zoom and hidden traces
+REVERSED = "reversed"  # the confusion matrix reads top-down, first class first
 
 
 def _figure(title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
     figure = go.Figure()
     figure.update_layout(title=title, height=HEIGHT, margin=dict(l=10, r=10, t=40, b=10),
-                         legend=dict(orientation="h", y=-0.25), uirevision="keep")
+                         legend=dict(orientation="h", y=-0.25), uirevision=KEEP_ZOOM)
     figure.update_xaxes(title=x_title)
     figure.update_yaxes(title=y_title, type="log" if log_y else "linear")
     return figure
@@ -31,7 +33,7 @@ def _figure(title: str, x_title: str, y_title: str, log_y: bool = False) -> go.F
 def _column(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """Rows of `frame` that have metric `name` (a row may lack it, e.g. images_per_s)."""
     if frame.empty or name not in frame.columns:
-        return frame.iloc[0:0]
+        return pd.DataFrame({"step": [], "epoch": [], name: []})
     return frame[frame[name].notna()]
 
 
@@ -82,7 +84,7 @@ def confusion_figure(t: Translator, confusion: list[list[int]], class_names: lis
     side = max(HEIGHT, 40 * len(class_names) + 120)
     figure.update_layout(title=t("train.chart_confusion"), height=side, margin=dict(l=10, r=10, t=40, b=10))
     figure.update_xaxes(title=t("train.axis_predicted"), type=CATEGORY_AXIS)
-    figure.update_yaxes(title=t("train.axis_true"), type=CATEGORY_AXIS, autorange="reversed")
+    figure.update_yaxes(title=t("train.axis_true"), type=CATEGORY_AXIS, autorange=REVERSED)
     return figure
 
 

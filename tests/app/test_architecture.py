@@ -31,9 +31,8 @@ def test_renders_resnet18_by_default(lang, title, params_label):
     assert at.session_state["arch_config"] == imagenet_config(18).to_dict()
 
 
-@pytest.mark.parametrize("lang", ["es", "en"])
-def test_depth_152_shows_torchvision_count_and_is_shared(lang):
-    at = open_page(PAGE, lang=lang)
+def test_depth_152_shows_torchvision_count_and_is_shared():
+    at = open_page(PAGE, lang="en")
     at.run()
     at.selectbox(key="arch_imagenet_depth").set_value(152).run()
     assert not at.exception
@@ -89,12 +88,11 @@ def test_plain_twin_and_custom_stages():
     assert at.session_state["arch_config"]["stage_blocks"] == [1, 1]
 
 
-@pytest.mark.parametrize("lang", ["es", "en"])
-@pytest.mark.parametrize("widget, value, fragment", [
-    ("arch_custom_text", "3, 0, 2", {"es": "Número de bloques por etapa no válido", "en": "Invalid stage counts"}),
-    ("arch_custom_text", "tres, cuatro", {"es": "No puedo leer", "en": "cannot be read"}),
-    ("arch_input_size", 16, {"es": "16 px", "en": "16 px"}),
-    ("arch_base_width", 5000, {"es": "5000", "en": "5000"}),
+@pytest.mark.parametrize("lang, widget, value, fragment", [
+    ("es", "arch_custom_text", "3, 0, 2", "Número de bloques por etapa no válido"),
+    ("en", "arch_custom_text", "tres, cuatro", "cannot be read"),
+    ("en", "arch_input_size", 16, "An input of 16 px"),
+    ("es", "arch_base_width", 5000, "Anchura base no válida: 5000"),
 ])
 def test_bad_input_shows_a_translated_error(lang, widget, value, fragment):
     at = open_page(PAGE, lang=lang)
@@ -106,7 +104,7 @@ def test_bad_input_shows_a_translated_error(lang, widget, value, fragment):
         at.number_input(key=widget).set_value(value).run()
     assert not at.exception
     assert len(at.error) == 1
-    assert fragment[lang] in at.error[0].value
+    assert fragment in at.error[0].value
     assert at.session_state["arch_config"] == imagenet_config(18).to_dict()  # the bad config is not shared
 
 

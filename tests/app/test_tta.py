@@ -148,7 +148,7 @@ def test_merge_modes_match_core(finished_run, mode):
     assert merged_trace["x"][-1] == pytest.approx(float(prediction.merged.max()), abs=1e-5)
 
 
-def test_bad_file_is_named_and_the_rest_analysed(finished_run):
+def test_bad_file_named_rest_analysed(finished_run):
     at = open_page(PAGE)
     at.run()
     at.radio(key="tta_image_source").set_value("upload").run()
@@ -197,13 +197,26 @@ def test_unsafe_checkpoint_refused(no_runs):
     at = open_page(PAGE)
     at.run()
     at.radio(key="tta_model_source").set_value("checkpoint").run()
-    at.file_uploader(key="tta_checkpoint").set_value(("evil.pt", pickle.dumps({"fc.weight": _Payload()}, protocol=2), "application/octet-stream")).run()
+    payload = pickle.dumps({"fc.weight": _Payload()}, protocol=2)
+    at.file_uploader(key="tta_checkpoint").set_value(("evil.pt", payload, "application/octet-stream")).run()
     assert not at.exception
     assert any("evil.pt" in error.value for error in at.error)
     assert not at.metric
 
 
-def test_evaluation_on_the_run_validation_split(finished_run):
+def test_non_resnet_checkpoint_explained(no_runs):
+    at = open_page(PAGE)
+    at.run()
+    at.radio(key="tta_model_source").set_value("checkpoint").run()
+    data = save_safetensors({"encoder.weight": torch.zeros(4, 4)})
+    at.file_uploader(key="tta_checkpoint").set_value(("mlp.safetensors", data, "application/octet-stream")).run()
+    assert not at.exception
+    expected = translate("es", "data.err_not_resnet", reason="conv1.weight / fc.weight")
+    assert expected in [error.value for error in at.error]
+    assert not at.metric
+
+
+def test_evaluation_on_run_validation(finished_run):
     at = open_page(PAGE)
     at.run()
     at.slider(key="tta_eval_limit").set_value(10).run()

@@ -52,12 +52,28 @@ def _wait_until_healthy(url: str, process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def streamlit_server(tmp_path_factory):
+def streamlit_runs_dir(tmp_path_factory) -> Path:
+    """The runs dir (SQLite store and run folders) of the session's server; tests may read it."""
+    return tmp_path_factory.mktemp("browser-runs")
+
+
+@pytest.fixture(scope="session")
+def streamlit_log_path(tmp_path_factory) -> Path:
+    """The server's stdout and stderr: tracebacks and the lab's logged errors end up here."""
+    return tmp_path_factory.mktemp("streamlit-log") / "server.log"
+
+
+@pytest.fixture(scope="session")
+def streamlit_server(streamlit_runs_dir, streamlit_log_path):
     """Start the dashboard once per test session and yield its base URL."""
     port = _free_port()
-    runs_dir = tmp_path_factory.mktemp("browser-runs")
+    runs_dir = streamlit_runs_dir
     environment = {**os.environ, "RESNET_LAB_RUNS_DIR": str(runs_dir), "PYTHONUNBUFFERED": "1"}
-    log_path = tmp_path_factory.mktemp("streamlit-log") / "server.log"
+    # One torch thread in the server and in its training worker, as in tests/conftest.py: on a
+    # small shared machine two threads per process oversubscribe the cores and every step crawls.
+    environment.setdefault("OMP_NUM_THREADS", "1")
+    environment.setdefault("RESNET_LAB_WORKER_THREADS", "1")
+    log_path = streamlit_log_path
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true"]
     with open(log_path, "w") as log:

@@ -1,0 +1,159 @@
+"""Entrenamiento page under AppTest: both languages, starting a run, reattaching from the URL.
+
+A finished run is produced by the worker's own `execute` (the code path the worker process
+runs), in this process, so the results section is checked without waiting for a subprocess.
+"""
+
+import os
+import signal
+import time
+
+import pytest
+
+from core import checkpoints, jobs
+from core.i18n import translate
+from core.models import cifar_config
+from core.worker import execute
+from tests.app.conftest import open_page
+from tests.test_engine import run_config
+
+PAGE = "pages/training.py"
+TINY_ARCH = cifar_config(8, base_width=8)
+
+
+def stop_workers(store) -> None:
+    """End the worker processes this module's page started (by pid, and wait until they are gone)."""
+    for pid in store.live_workers("cpu"):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not jobs._pid_alive(pid):
+                break
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    patch = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("page-runs")
+    patch.setenv("RESNET_LAB_RUNS_DIR", str(root))
+    patch.setenv("RESNET_LAB_WORKER_THREADS", "1")
+    store = jobs.Store(root)
+    yield store
+    stop_workers(store)
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def finished_run(store):
+    config = {**run_config(epochs=1, data={"source": "digits", "max_per_class": 30}), "device": "cpu"}
+    run_id = store.submit("train", config, name="digits-finished", owner="someone-else")
+    assert execute(store, store.claim_next("cpu", os.getpid())) == jobs.DONE
+    return run_id
+
+
+def texts(elements) -> list[str]:
+    return [element.value for element in elements]
+
+
+@pytest.mark.parametrize("lang", ["es", "en"])
+def test_new_run_form_renders(store, lang):
+    at = open_page(PAGE, lang, arch_config=TINY_ARCH.to_dict())
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == translate(lang, "train.title")
+    assert translate(lang, "train.start") in [button.label for button in at.button]
+    assert translate(lang, "train.data_header") in texts(at.subheader)
+
+
+def test_start_submits_run_into_url(store):
+    at = open_page(PAGE, "es", arch_config=TINY_ARCH.to_dict())
+    at.run()
+    at.number_input(key="train_epochs").set_value(1)
+    at.number_input(key="train_data_cap").set_value(20)
+    at.text_input(key="train_run_name").set_value("desde la página")
+    at.button(key="train_start").click().run()
+    assert not at.exception
+
+    run_id = at.query_params["run"][0] if isinstance(at.query_params["run"], list) else at.query_params["run"]
+    run = store.get(run_id)
+    assert run.name == "desde la página"
+    assert run.owner == at.session_state["train_owner"]
+    assert run.config["architecture"]["stage_blocks"] == [1, 1, 1]
+    assert run.config["architecture"]["num_classes"] == 10
+    assert run.config["epochs"] == 1
+    assert run.config["data"]["max_per_class"] == 20
+    assert translate("es", "train.current_header", name="desde la página") in texts(at.header)
+    store.cancel(run_id)
+    stop_workers(store)  # the page started one; the next tests claim runs themselves
+
+
+@pytest.mark.parametrize("lang", ["es", "en"])
+def test_new_session_reattaches_to_finished_run(store, finished_run, lang):
+    at = open_page(PAGE, lang)
+    at.query_params["run"] = finished_run
+    at.run()
+    assert not at.exception
+    assert translate(lang, "train.current_header", name="digits-finished") in texts(at.header)
+    assert any(translate(lang, "train.status_done") in text for text in texts(at.markdown))
+    assert translate(lang, "train.results_header") in texts(at.subheader)
+    assert translate(lang, "train.top_losses_header") in texts(at.subheader)
+    assert len(at.get("plotly_chart")) >= 7  # 5 live charts, confusion matrix, per-class accuracy, overlays
+    assert {button.label for button in at.get("download_button")} == {
+        translate(lang, "train.download_weights"), translate(lang, "train.download_config"),
+        translate(lang, "train.download_metrics")}
+    history = at.dataframe[-1].value
+    assert finished_run in history[translate(lang, "train.col_id")].tolist()
+    message = [text for text in texts(at.info) if text.startswith(translate(lang, "train.msg_completed", epochs=1,
+                                                                              best_epoch=0, monitor="val_loss",
+                                                                              best_value="")[:20])]
+    assert message
+
+
+def test_queued_run_shows_its_position(store):
+    first = store.submit("train", {"device": "queue-test"}, name="first")
+    second = store.submit("train", {"device": "queue-test"}, name="second")
+    at = open_page(PAGE, "en")
+    at.query_params["run"] = second
+    at.run()
+    assert not at.exception
+    assert translate("en", "train.queue_position", position=2) in texts(at.info)
+    assert translate("en", "train.cancel") in [button.label for button in at.button]
+    for run_id in (first, second):
+        store.cancel(run_id)
+
+
+def test_interrupted_run_offers_resume(store):
+    run_id = store.submit("train", {"device": "interrupt-test"}, name="gone")
+    store.register_worker(os.getpid(), "interrupt-test")
+    store.claim_next("interrupt-test", os.getpid())
+    store.unregister_worker(os.getpid())  # the worker vanished: the page finds the orphan
+    at = open_page(PAGE, "es")
+    at.query_params["run"] = run_id
+    at.run()
+    assert not at.exception
+    assert store.get(run_id).status == jobs.INTERRUPTED
+    assert translate("es", "train.msg_interrupted") in texts(at.info)
+    assert translate("es", "train.resume") in [button.label for button in at.button]
+    store.cancel(run_id)
+
+
+def test_bad_run_id_in_url_is_an_error_not_a_traceback(store):
+    at = open_page(PAGE, "en")
+    at.query_params["run"] = "../../etc/passwd"
+    at.run()
+    assert not at.exception
+    assert translate("en", "train.err_bad_run_id", run_id="../../etc/passwd") in texts(at.error)
+
+
+def test_delete_from_history(store, finished_run):
+    doomed = store.submit("train", {"device": "cpu"}, name="to-delete")
+    store.cancel(doomed)
+    at = open_page(PAGE, "en")
+    at.run()
+    at.selectbox(key="train_delete_choice").set_value(doomed)
+    at.button(key="train_delete").click().run()
+    assert not at.exception
+    assert store.get(doomed) is None
+    assert store.get(finished_run) is not None
+    assert not (store.root / doomed).exists()
+    assert checkpoints.final_weights_path(store.run_dir(finished_run)) is not None
