@@ -1,4 +1,4 @@
-"""What the Arquitectura page computes, without Streamlit: its choices, its diagram, its numbers.
+"""The Arquitectura page's logic without Streamlit: its choices, its diagram, its tables.
 
 `ArchChoice` is the page's form as plain values and converts both ways to a `ResNetConfig`, so the
 page can rebuild its widgets from the shared config another page left behind. `diagram_dot`
@@ -7,7 +7,6 @@ draws a summary as Graphviz DOT; it takes the page's translator so every word is
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,7 +58,8 @@ class ArchChoice:
         if self.family == "cifar":
             return (self.cifar_n,) * 3
         if self.imagenet_depth not in IMAGENET_STAGES:
-            raise LabError("errors.imagenet_depth", depth=self.imagenet_depth, allowed="18, 34, 50, 101, 152")
+            allowed = format_stage_blocks(IMAGENET_DEPTHS)
+            raise LabError("errors.imagenet_depth", depth=self.imagenet_depth, allowed=allowed)
         return IMAGENET_STAGES[self.imagenet_depth]
 
     def to_config(self, base: ResNetConfig | None = None) -> ResNetConfig:
@@ -76,26 +76,23 @@ class ArchChoice:
             shortcut=self.shortcut,
         )
 
-    def replace(self, **changes: object) -> ArchChoice:
-        return dataclasses.replace(self, **changes)
-
 
 def default_choice(family: str) -> ArchChoice:
-    """The form's defaults for a family: ResNet-18 on ImageNet, ResNet-20 on CIFAR-10."""
+    """Return the form's defaults for a family: ResNet-18 on ImageNet, ResNet-20 on CIFAR-10."""
     if family == "cifar":
         return choice_from_config(cifar_config(20))
     return choice_from_config(imagenet_config(18))
 
 
 def canonical_block(family: str, imagenet_depth: int) -> str:
-    """The block type the paper pairs with a depth: BasicBlock up to 34 and on CIFAR, else Bottleneck."""
+    """Return the block He et al. 2016 (Table 1) pair with a depth: BasicBlock up to 34 and on CIFAR."""
     if family == "cifar":
         return "basic"
     return IMAGENET_BLOCK.get(imagenet_depth, "basic")
 
 
 def choice_from_config(config: ResNetConfig) -> ArchChoice:
-    """The form values that rebuild `config` (up to the fields the page does not show)."""
+    """Return the form values that rebuild `config` (except the fields the page does not show)."""
     stages = tuple(config.stage_blocks)
     common = dict(
         block=config.block,
@@ -374,7 +371,7 @@ STAGE_COLUMNS = ("group", "blocks", "output", "params", "macs")
 
 
 def layer_table(summary: ModelSummary, only_weighted: bool = False, group: str | None = None) -> pd.DataFrame:
-    """One row per layer call; `only_weighted` keeps the layers that own parameters."""
+    """Return one row per layer call; `only_weighted` keeps the layers that own parameters."""
     rows = [row for row in summary.rows
             if (not only_weighted or row.params) and (group is None or row.group == group)]
     return pd.DataFrame(
@@ -393,7 +390,7 @@ def layer_table(summary: ModelSummary, only_weighted: bool = False, group: str |
 
 
 def stage_table(summary: ModelSummary) -> pd.DataFrame:
-    """One row per layer group (stem, stages, head) with its totals."""
+    """Return one row per layer group (stem, stages, head) with its totals."""
     return pd.DataFrame(
         {
             "group": [group.name for group in summary.groups],

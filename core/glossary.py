@@ -78,7 +78,7 @@ TERMS: tuple[Term, ...] = (
 
 
 def term_keys(term: Term) -> list[str]:
-    """The catalog keys that hold a term's texts."""
+    """Return the catalog keys of a term's texts."""
     keys = [f"glossary.{term.id}_name", f"glossary.{term.id}_def"]
     if term.has_note:
         keys.append(f"glossary.{term.id}_note")

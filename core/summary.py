@@ -1,9 +1,9 @@
 """Per-layer summary of a lab network: output shapes, parameters, multiply-accumulates.
 
-The network is built on PyTorch's "meta" device, where tensors carry shapes but no storage, and
-one forward pass with hooks records every layer; no weight is ever initialised or multiplied
-(see `summarize_config`). A config too large to hold in memory (base width 512, hundreds of
-blocks) can still be counted.
+The network is built on PyTorch's "meta" device, where tensors carry shapes but no storage. One
+forward pass with hooks then records every layer, and no weight is ever initialised or
+multiplied (see `summarize_config`). So a config too large to hold in memory (base width 512,
+hundreds of blocks) can still be counted.
 
 MACs follow the convention of torchvision's `_ops` metadata: multiply-accumulates of
 convolutions and fully connected layers only. BatchNorm, ReLU, pooling and the residual
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -27,8 +28,8 @@ from core.models import ResNetConfig, build_resnet, canonical_name, validate, we
 
 logger = logging.getLogger(__name__)
 
-# A summary runs one hooked forward pass per block; past this many blocks the page would wait
-# for tens of seconds. CIFAR's ResNet-1202 (n = 200, 600 blocks) stays well inside.
+# Summary time grows with the number of blocks. Past this many, the page would wait tens of seconds
+# (measured on a 2-core machine). CIFAR's ResNet-1202 (n = 200, 600 blocks) stays well inside.
 MAX_SUMMARY_BLOCKS = 1000
 
 # Networks up to this many parameters (400 MB in float32) get real, uninitialised CPU storage
@@ -114,19 +115,9 @@ class ModelSummary:
                 return group
         raise KeyError(name)
 
-    def rows_of_block(self, block: str) -> list[LayerRow]:
-        return [row for row in self.rows if row.block == block]
-
 
 def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(size) for size in tensor.shape[1:])  # drop the batch dimension
-
-
-def _count(numbers: torch.Size | tuple[int, ...]) -> int:
-    total = 1
-    for size in numbers:
-        total *= int(size)
-    return total
 
 
 def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -134,14 +125,14 @@ def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
     if isinstance(module, nn.Conv2d):
         kernel_h, kernel_w = module.kernel_size
         per_output = module.in_channels // module.groups * kernel_h * kernel_w
-        return _count(output.shape[1:]) * per_output
+        return math.prod(output.shape[1:]) * per_output
     if isinstance(module, nn.Linear):
-        return _count(output.shape[1:]) * module.in_features
+        return math.prod(output.shape[1:]) * module.in_features
     return 0
 
 
 def _layer_detail(module: nn.Module) -> str:
-    """A short, language-neutral description of the operation's geometry."""
+    """Describe the operation's geometry in a few language-neutral symbols."""
     if isinstance(module, nn.Conv2d):
         kernel_h, kernel_w = module.kernel_size
         stride = module.stride[0]
@@ -177,42 +168,46 @@ def _owning_block(name: str, block_names: set[str]) -> str | None:
     return candidate if candidate in block_names else None
 
 
-def summarize_model(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1) -> ModelSummary:
-    """Run one forward pass of a lab ResNet with hooks and collect the summary.
+class _ForwardRecorder:
+    """Forward hooks that turn one pass into layer rows and block shapes."""
 
-    `model` may live on any device, "meta" included; `input_shape` is (C, H, W). Shapes and MACs
-    are per image, so `batch_size` may be 0: PyTorch's kernels then compute every shape and no
-    arithmetic. The model is put in eval mode for the pass and returned to its previous mode.
-    """
-    groups = default_groups(model)
-    block_modules = dict(model.blocks())
-    block_names = set(block_modules)
-    block_ids = {id(module) for module in block_modules.values()}
-    module_names = {module: name for name, module in model.named_modules()}
-    seen: set[str] = set()
-    stage_seen = False
-    rows: list[LayerRow] = []
-    block_shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    def __init__(self, model: nn.Module) -> None:
+        self.groups = default_groups(model)
+        self.block_modules = dict(model.blocks())
+        self.block_names = set(self.block_modules)
+        self.module_names = {module: name for name, module in model.named_modules()}
+        self.rows: list[LayerRow] = []
+        self.block_shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._seen: set[str] = set()
+        self._stage_seen = False
 
-    def on_leaf(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal stage_seen
-        name = module_names[module]
+    def hooks(self, model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        block_ids = {id(module) for module in self.block_modules.values()}
+        handles = []
+        for module in model.modules():
+            if id(module) in block_ids:
+                handles.append(module.register_forward_hook(self.on_block))
+            elif not any(True for _ in module.children()):
+                handles.append(module.register_forward_hook(self.on_leaf))
+        return handles
+
+    def on_leaf(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         if isinstance(module, nn.Identity):  # BN switched off, or the CIFAR stem's absent max-pool
             return
+        name = self.module_names[module]
         try:
-            group = group_of(name, groups)
+            group = group_of(name, self.groups)
         except LabError:  # parameter-free modules outside the groups' prefixes: relu, maxpool, avgpool
-            group = "head" if stage_seen else "stem"
-        stage_seen = stage_seen or group.startswith("layer")
+            group = "head" if self._stage_seen else "stem"
+        self._stage_seen = self._stage_seen or group.startswith("layer")
 
-        first_call = name not in seen
-        seen.add(name)
-        parameters = list(module.parameters(recurse=False)) if first_call else []
-        rows.append(LayerRow(
+        parameters = [] if name in self._seen else list(module.parameters(recurse=False))
+        self._seen.add(name)
+        self.rows.append(LayerRow(
             name=name,
             kind=type(module).__name__,
             group=group,
-            block=_owning_block(name, block_names),
+            block=_owning_block(name, self.block_names),
             on_shortcut=".downsample" in name,
             output_shape=_shape(output),
             params=sum(p.numel() for p in parameters),
@@ -221,16 +216,19 @@ def summarize_model(model: nn.Module, input_shape: tuple[int, ...], batch_size: 
             detail=_layer_detail(module),
         ))
 
-    def on_block(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        block_shapes[module_names[module]] = (_shape(inputs[0]), _shape(output))
+    def on_block(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self.block_shapes[self.module_names[module]] = (_shape(inputs[0]), _shape(output))
 
-    handles = []
-    for module in model.modules():
-        if id(module) in block_ids:
-            handles.append(module.register_forward_hook(on_block))
-        elif not any(True for _ in module.children()):
-            handles.append(module.register_forward_hook(on_leaf))
 
+def summarize_model(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1) -> ModelSummary:
+    """Run one forward pass of a lab ResNet with hooks and collect the summary.
+
+    `model` may live on any device, "meta" included; `input_shape` is (C, H, W). Shapes and MACs
+    are per image, so `batch_size` may be 0: PyTorch's kernels then compute every shape and no
+    arithmetic. The model is put in eval mode for the pass and returned to its previous mode.
+    """
+    recorder = _ForwardRecorder(model)
+    handles = recorder.hooks(model)
     was_training = model.training
     device = next(model.parameters()).device
     try:
@@ -242,13 +240,14 @@ def summarize_model(model: nn.Module, input_shape: tuple[int, ...], batch_size: 
             handle.remove()
         model.train(was_training)
 
-    blocks = _block_summaries(model, rows, block_modules, block_shapes)
+    rows = recorder.rows
+    blocks = _block_summaries(rows, recorder.block_modules, recorder.block_shapes)
     return ModelSummary(
         input_shape=tuple(input_shape),
         output_shape=_shape(output),
         rows=tuple(rows),
         blocks=blocks,
-        groups=_group_summaries(model, rows, groups, blocks),
+        groups=_group_summaries(model, rows, recorder.groups, blocks),
         # model.parameters() also holds parameters outside any leaf module (Fixup's block scalar).
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -257,7 +256,7 @@ def summarize_model(model: nn.Module, input_shape: tuple[int, ...], batch_size: 
     )
 
 
-def _block_summaries(model: nn.Module, rows: list[LayerRow], block_modules: dict[str, nn.Module],
+def _block_summaries(rows: list[LayerRow], block_modules: dict[str, nn.Module],
                      block_shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> tuple[BlockSummary, ...]:
     macs_by_block: dict[str, int] = {}
     for row in rows:

@@ -476,7 +476,8 @@ def evaluate(
             mode: float((merge(all_logits[:, columns], mode).argmax(dim=-1) == targets).float().mean())
             for mode in modes
         }
-    logger.info("TTA evaluation on %d images, %d views: identity accuracy %.4f", len(labels), len(names), single["identity"])
+    logger.info("TTA evaluation on %d images, %d views: identity accuracy %.4f",
+                len(labels), len(names), single["identity"])
     return EvaluationReport(
         n_images=len(labels),
         view_names=names,

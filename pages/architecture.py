@@ -22,7 +22,6 @@ from core.architecture import (
     layer_table,
     stage_table,
 )
-from core.errors import LabError
 from core.models import BLOCK_TYPES, SHORTCUTS, STEMS, ResNetConfig, cifar_config, imagenet_config
 from core.summary import ModelSummary
 from ui import state
@@ -70,20 +69,20 @@ def _seed_widgets() -> None:
 
 
 def _on_family_change() -> None:
-    """A new family starts from its own defaults (stem, shortcut, width, classes, input size)."""
+    """Reset the form to the new family's defaults (stem, shortcut, width, classes, input size)."""
     family = st.session_state["arch_family"]
     defaults = _widget_values(default_choice(family))
     st.session_state.update({key: value for key, value in defaults.items() if key != "arch_family"})
 
 
 def _on_depth_change() -> None:
-    """Changing the depth restores the paper's block pairing for it."""
+    """Restore the block type He et al. 2016 (Table 1) pair with the new depth."""
     family = st.session_state["arch_family"]
     st.session_state["arch_block"] = canonical_block(family, st.session_state["arch_imagenet_depth"])
 
 
 def _on_custom_toggle() -> None:
-    """Hand-set stage counts start from those of the network built last."""
+    """Prefill hand-set stage counts with those of the network built last."""
     if st.session_state["arch_custom_on"]:
         st.session_state["arch_custom_text"] = format_stage_blocks(state.get_arch_config().stage_blocks)
 
@@ -138,11 +137,14 @@ def _block_name(kind: str) -> str:
     return BLOCK_NAMES.get(kind, kind)
 
 
+def _display_name(summary: ModelSummary) -> str:
+    return summary.canonical_name or t("arch.custom_name", layers=summary.weighted_layers)
+
+
 def show_identity(choice: ArchChoice, summary: ModelSummary) -> None:
     """Say what was built: its real weighted depth and its canonical name, if it has one."""
     layers = summary.weighted_layers
-    name = summary.canonical_name or t("arch.custom_name", layers=layers)
-    st.subheader(name)
+    st.subheader(_display_name(summary))
     stages = format_stage_blocks(tuple(summary.config["stage_blocks"]))
     st.markdown(t("arch.built_as", layers=layers, stages=stages, block=_block_name(choice.block)))
 
@@ -174,7 +176,7 @@ def show_totals(summary: ModelSummary) -> None:
 
 
 def _keep_valid(key: str, options: list[str], default: list[str]) -> None:
-    """A multiselect's stored values must be among its current options."""
+    """Drop stored multiselect values that are no longer among its options (Streamlit raises on them)."""
     current = st.session_state.get(key, default)
     st.session_state[key] = [value for value in current if value in options]
 
@@ -268,12 +270,12 @@ def show_compare(config: ResNetConfig, summary: ModelSummary) -> None:
                           format_func=_comparison_label)
     try:
         other = cached_summary(_comparison_config(option, config).to_dict())
-    except LabError as error:
+    except Exception as error:  # noqa: BLE001 - shown as a translated message, never a traceback
         show_error(t, error)
         return
 
-    name = summary.canonical_name or t("arch.custom_name", layers=summary.weighted_layers)
-    other_name = other.canonical_name or t("arch.custom_name", layers=other.weighted_layers)
+    name = _display_name(summary)
+    other_name = _display_name(other)
     if other_name == name:  # e.g. the other shortcut type: same name, different network
         other_name = f"{other_name} ({_comparison_label(option)})"
     left, right = st.columns(2)
@@ -298,7 +300,7 @@ try:
     config = choice.to_config(base=state.get_arch_config())
     with st.spinner(t("arch.building")):
         summary = cached_summary(config.to_dict())
-except LabError as error:
+except Exception as error:  # noqa: BLE001 - shown as a translated message, never a traceback
     show_error(t, error)
     st.stop()
 
@@ -317,6 +319,6 @@ if view == "diagram":
 elif view == "table":
     show_table(summary)
 elif view == "charts":
-    show_charts(summary, summary.canonical_name or t("arch.custom_name", layers=summary.weighted_layers))
+    show_charts(summary, _display_name(summary))
 else:
     show_compare(config, summary)

@@ -10,11 +10,10 @@ import streamlit as st
 
 from core import jobs
 from core.architecture import format_count
-from core.data import EMBEDDED_SOURCES
 from core.errors import LabError
 from core.groups import default_groups
 from core.lr_finder import MAX_STEPS, MIN_STEPS, RESULT_FILE, SERIES, FinderConfig
-from core.models import ResNetConfig, build_resnet, canonical_name
+from core.models import ResNetConfig, build_resnet, canonical_name, total_stride
 from core.schedule import (
     MAX_EPOCHS,
     MAX_STEPS_PER_EPOCH,
@@ -24,15 +23,16 @@ from core.schedule import (
     Schedule,
     make_preset,
 )
-from core.weights import DEFAULT_IMAGENET_WEIGHTS, canonical_imagenet_depth
 from ui import state
 from ui.common import page_setup, show_error
+from ui.dataset_picker import _cached_dataset, pick_dataset, pick_preprocessing
+from ui.weights_picker import pick_weights
 
 t = page_setup("ft.title")
 
 DEFAULT_PRESET = "frozen_then_discriminative"
-FINDER_SOURCES = (*EMBEDDED_SOURCES, "cifar10")
 FINDER_RUN = "ft_finder_run"  # id of this session's latest LR finder run
+FINDER_POLL_S = 2  # seconds between refreshes of a running finder's status
 SEEDED_FOR = "ft_seeded_for"  # (architecture, schedule JSON) the widgets were last filled from
 PENDING_LR_MAX = "ft_pending_lr_max"  # an LR finder suggestion to put into the lr_max input
 UPLOAD_ERROR = "ft_upload_error"
@@ -387,57 +387,70 @@ def save_and_load(schedule: Schedule, model) -> None:
 # --- LR finder -------------------------------------------------------------------------------------
 
 
-def finder_config(schedule: Schedule) -> dict:
+def class_count(spec: dict) -> int:
+    """Count the classes a run on `spec` trains on: the chosen ones, or all of the dataset's."""
+    if spec.get("classes"):
+        return len(spec["classes"])
+    return len(_cached_dataset(json.dumps(spec, sort_keys=True)).classes)
+
+
+def finder_data_and_weights() -> dict | None:
+    """Render the same dataset, preprocessing and weights pickers as Entrenamiento; return the
+    job config's data part, or None while the data is not usable yet."""
+    architecture = state.get_arch_config()
+    spec = pick_dataset(t, key="ft_finder_data")
+    if spec is None:
+        return None
+    pretrained = st.session_state.get("ft_finder_weights_kind") == "imagenet"
+    preprocessing = pick_preprocessing(t, spec, key="ft_finder_prep", pretrained=pretrained,
+                                       min_input_size=total_stride(architecture))
+    if preprocessing is None:
+        return None
+    run_arch = architecture.replace(num_classes=class_count(spec), in_channels=preprocessing["channels"],
+                                    input_size=preprocessing["input_size"])
+    weights = pick_weights(t, run_arch, key="ft_finder_weights")
+    return {"architecture": run_arch.to_dict(), "data": spec, "preprocessing": preprocessing, "weights": weights}
+
+
+def finder_settings(schedule: Schedule) -> None:
+    defaults = {"ft_finder_batch": 32, "ft_finder_lr_start": 1e-7, "ft_finder_lr_end": 1.0,
+                "ft_finder_steps": 100, "ft_finder_epoch": 0}
+    for key, value in defaults.items():
+        st.session_state.setdefault(key, value)
+
+    first, second, third = st.columns(3)
+    first.number_input(t("ft.finder_lr_start"), min_value=0.0, format="%.1e", key="ft_finder_lr_start")
+    first.number_input(t("ft.finder_lr_end"), min_value=0.0, format="%.1e", key="ft_finder_lr_end")
+    second.slider(t("ft.finder_steps"), MIN_STEPS, MAX_STEPS, key="ft_finder_steps")
+    second.number_input(t("ft.finder_batch"), min_value=1, max_value=1024, key="ft_finder_batch")
+    third.number_input(t("ft.finder_epoch"), min_value=0, max_value=MAX_EPOCHS, key="ft_finder_epoch",
+                       help=t("ft.finder_epoch_help"))
+    epoch = min(int(st.session_state["ft_finder_epoch"]), schedule.epochs - 1)
+    third.caption(t("ft.finder_groups", groups=", ".join(schedule.trainable_groups(epoch))))
+
+
+def finder_config(schedule: Schedule, data_part: dict) -> dict:
     """Build the "lr_find" job's config from the finder controls and the current schedule."""
     s = st.session_state
     finder = FinderConfig(lr_start=float(s["ft_finder_lr_start"]), lr_end=float(s["ft_finder_lr_end"]),
                           num_steps=int(s["ft_finder_steps"]), at_epoch=int(s["ft_finder_epoch"]))
     if finder.at_epoch >= schedule.epochs:
         raise LabError("ft.err_finder_epoch", epoch=finder.at_epoch, last=schedule.epochs - 1)
-    architecture = state.get_arch_config()
-    weights = {"kind": "none"}
-    if s["ft_finder_pretrained"]:
-        weights = {"kind": "imagenet", "weights": DEFAULT_IMAGENET_WEIGHTS[canonical_imagenet_depth(architecture)]}
-    return {
-        "architecture": architecture.to_dict(),
-        "schedule": schedule.to_dict(),
-        "data": {"source": s["ft_finder_source"], "max_per_class": int(s["ft_finder_per_class"])},
-        "weights": weights,
-        "train": {"batch_size": int(s["ft_finder_batch"])},
-        "lr_find": finder.to_dict(),
-    }
+    return {**data_part, "schedule": schedule.to_dict(), "train": {"batch_size": int(s["ft_finder_batch"])},
+            "lr_find": finder.to_dict()}
 
 
 def finder_controls(schedule: Schedule) -> None:
     st.header(t("ft.finder_header"))
     st.caption(t("ft.finder_intro"))
-    defaults = {"ft_finder_source": "digits", "ft_finder_per_class": 40, "ft_finder_batch": 32,
-                "ft_finder_lr_start": 1e-7, "ft_finder_lr_end": 1.0, "ft_finder_steps": 100, "ft_finder_epoch": 0,
-                "ft_finder_pretrained": False}
-    for key, value in defaults.items():
-        st.session_state.setdefault(key, value)
+    st.subheader(t("ft.finder_data_header"))  # the pickers hold expanders, which cannot be nested
+    data_part = finder_data_and_weights()
+    st.subheader(t("ft.finder_sweep_header"))
+    finder_settings(schedule)
 
-    first, second, third = st.columns(3)
-    first.selectbox(t("ft.finder_source"), FINDER_SOURCES, key="ft_finder_source",
-                    format_func=lambda source: t(f"ft.finder_source_{source}"))
-    first.number_input(t("ft.finder_per_class"), min_value=1, max_value=10_000, key="ft_finder_per_class")
-    first.number_input(t("ft.finder_batch"), min_value=1, max_value=1024, key="ft_finder_batch")
-    second.number_input(t("ft.finder_lr_start"), min_value=0.0, format="%.1e", key="ft_finder_lr_start")
-    second.number_input(t("ft.finder_lr_end"), min_value=0.0, format="%.1e", key="ft_finder_lr_end")
-    second.slider(t("ft.finder_steps"), MIN_STEPS, MAX_STEPS, key="ft_finder_steps")
-    third.number_input(t("ft.finder_epoch"), min_value=0, max_value=MAX_EPOCHS, key="ft_finder_epoch",
-                       help=t("ft.finder_epoch_help"))
-    can_pretrain = canonical_imagenet_depth(state.get_arch_config()) is not None
-    if not can_pretrain:
-        st.session_state["ft_finder_pretrained"] = False
-    third.checkbox(t("ft.finder_pretrained"), key="ft_finder_pretrained", disabled=not can_pretrain,
-                   help=t("ft.finder_pretrained_help"))
-    third.caption(t("ft.finder_groups", groups=", ".join(schedule.trainable_groups(
-        min(int(st.session_state["ft_finder_epoch"]), schedule.epochs - 1)))))
-
-    if st.button(t("ft.finder_run"), key="ft_finder_run_button", type="primary"):
+    if st.button(t("ft.finder_run"), key="ft_finder_run_button", type="primary", disabled=data_part is None):
         try:
-            run_id = jobs.submit("lr_find", finder_config(schedule), name=t("ft.finder_run_name"))
+            run_id = jobs.submit("lr_find", finder_config(schedule, data_part), name=t("ft.finder_run_name"))
             jobs.ensure_worker()
             st.session_state[FINDER_RUN] = run_id
         except LabError as error:
@@ -446,10 +459,10 @@ def finder_controls(schedule: Schedule) -> None:
     run_id = st.session_state.get(FINDER_RUN)
     if run_id:
         run = jobs.get(run_id)
-        finder_status(run_id, run_every=1 if run is not None and run.is_active else None)
+        finder_status(run_id, run_every=FINDER_POLL_S if run is not None and run.is_active else None)
 
 
-def finder_chart(frame: pd.DataFrame, suggestion: dict | None) -> go.Figure:
+def finder_chart(frame: pd.DataFrame, suggestion: dict | None, finder: FinderConfig) -> go.Figure:
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=frame["lr"], y=frame["loss"], mode="markers", name=t("ft.finder_loss"),
                                 marker=dict(size=4, color=FROZEN_COLOR)))
@@ -462,7 +475,10 @@ def finder_chart(frame: pd.DataFrame, suggestion: dict | None) -> go.Figure:
                                     marker=dict(size=12, color=SUGGESTION_COLOR, symbol="star")))
     figure.update_layout(title=t("ft.finder_chart_title"), xaxis_title=t("ft.finder_chart_lr"),
                          yaxis_title=t("ft.finder_loss"), height=380, margin=dict(t=50, b=40))
-    figure.update_xaxes(type="log", exponentformat="e")
+    # The whole sweep's range from the start, so a running sweep fills the axis instead of
+    # rescaling it at every refresh. Plotly takes the range of a log axis in log10 units.
+    figure.update_xaxes(type="log", exponentformat="e",
+                        range=[math.log10(finder.lr_start), math.log10(finder.lr_end)])
     return figure
 
 
@@ -496,7 +512,8 @@ def finder_status_body(run_id: str) -> None:
     result_path = jobs.run_dir(run_id) / RESULT_FILE
     suggestion = json.loads(result_path.read_text(encoding="utf-8"))["suggestion"] if result_path.is_file() else None
     if not frame.empty:
-        st.plotly_chart(finder_chart(frame, suggestion), width="stretch", key="ft_finder_chart")
+        finder = FinderConfig.from_dict(run.config.get("lr_find"))
+        st.plotly_chart(finder_chart(frame, suggestion, finder), width="stretch", key="ft_finder_chart")
     if suggestion is not None:
         explain_suggestion(suggestion)
     if not run.is_active and st.session_state.get("ft_finder_was_active"):
@@ -506,7 +523,7 @@ def finder_status_body(run_id: str) -> None:
 
 
 def finder_status(run_id: str, run_every: int | None) -> None:
-    """Show the run's status and curve, refreshed every second while it runs, without the rest of the page."""
+    """Show the run's status and curve, refreshed while it runs without rerunning the rest of the page."""
     st.fragment(run_every=run_every)(finder_status_body)(run_id)
 
 

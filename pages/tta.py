@@ -32,7 +32,7 @@ NORMALIZATIONS = ("imagenet", "half")
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 DEFAULT_FAMILIES = ["identity", "hflip"]
 DEFAULT_SAMPLE = "chelsea"
-MAX_IMAGES = 6  # images analysed per page run; more uploads are listed, not analysed
+MAX_IMAGES = 6  # images analysed per page run; a warning says so when more are chosen
 THUMB_MIN_SIDE = 128  # small inputs (32 px) are enlarged with nearest-neighbour so pixels show
 VIEW_COLUMNS = 5
 EVAL_MIN, EVAL_MAX, EVAL_DEFAULT = 10, 500, 50
@@ -88,9 +88,7 @@ def finished_runs() -> list[jobs.Run]:
 
 
 def default_model_source(runs: list[jobs.Run]) -> str:
-    if runs:
-        return "run"
-    return "imagenet"
+    return "run" if runs else "imagenet"
 
 
 def choose_run_model(t: Translator, runs: list[jobs.Run]) -> tuple[tta.ModelBundle, str] | None:
@@ -199,8 +197,9 @@ def image_section(t: Translator) -> list[DecodedImage]:
     files: list[tuple[str, bytes]] = []
     if source == "sample":
         photos = {photo.name: photo for photo in sample_photos()}
-        chosen = st.multiselect(t("tta.sample_select"), list(photos), default=[DEFAULT_SAMPLE] if DEFAULT_SAMPLE in photos else [],
-                                key="tta_samples", format_func=lambda n: t(f"tta.sample_{n}"))
+        default = [DEFAULT_SAMPLE] if DEFAULT_SAMPLE in photos else []
+        chosen = st.multiselect(t("tta.sample_select"), list(photos), default=default, key="tta_samples",
+                                format_func=lambda n: t(f"tta.sample_{n}"))
         files = [(photos[name].file_name, photos[name].data) for name in chosen]
     elif source == "upload":
         uploads = st.file_uploader(t("tta.upload_label"), accept_multiple_files=True, key="tta_uploads",
@@ -378,7 +377,10 @@ def show_image_result(t: Translator, decoded: DecodedImage, bundle: tta.ModelBun
 def results_section(t: Translator, images: list[DecodedImage], bundle: tta.ModelBundle, model_key: str,
                     families: list[str], mode: str, k: int) -> None:
     st.header(t("tta.results_header"))
-    tabs = st.tabs([f"{number}. {decoded.name}" for number, decoded in enumerate(images, start=1)]) if len(images) > 1 else [st.container()]
+    if len(images) > 1:
+        tabs = st.tabs([f"{number}. {decoded.name}" for number, decoded in enumerate(images, start=1)])
+    else:
+        tabs = [st.container()]
     for tab, decoded in zip(tabs, images):
         with tab:
             try:
@@ -431,12 +433,18 @@ def labelled_samples(t: Translator, bundle: tta.ModelBundle, source: str, limit:
     return [(loader(pairs[i][0]), pairs[i][1]) for i in chosen], len(pairs)
 
 
+def view_set_label(t: Translator, set_name: str) -> str:
+    if set_name == "identity":
+        return t("tta.eval_set_identity")
+    if set_name == "all":
+        return t("tta.eval_set_all")
+    return t("tta.eval_set_family", family=family_label(t, set_name))
+
+
 def evaluation_table(t: Translator, report: tta.EvaluationReport) -> pd.DataFrame:
     rows = []
     for set_name, by_mode in report.set_accuracy.items():
-        label = t("tta.eval_set_identity") if set_name == "identity" else (
-            t("tta.eval_set_all") if set_name == "all" else t("tta.eval_set_family", family=family_label(t, set_name)))
-        row = {t("tta.col_view_set"): label, t("tta.col_views"): report.set_sizes[set_name]}
+        row = {t("tta.col_view_set"): view_set_label(t, set_name), t("tta.col_views"): report.set_sizes[set_name]}
         for mode, accuracy in by_mode.items():
             row[t(f"tta.merge_{mode}")] = percent(accuracy)
         rows.append(row)
@@ -447,8 +455,9 @@ def single_view_chart(t: Translator, report: tta.EvaluationReport) -> go.Figure:
     views = {view.name: view for view in tta.expand_views(tta.VIEW_FAMILIES)}
     labels = [view_label(t, views[name]) for name in report.view_names]
     accuracies = [report.single_view_accuracy[name] for name in report.view_names]
+    colours = [REFERENCE_COLOUR if name == "identity" else TTA_COLOUR for name in report.view_names]
     figure = go.Figure(go.Bar(x=labels, y=accuracies, text=[percent(a) for a in accuracies], textposition="outside",
-                              marker_color=[REFERENCE_COLOUR if name == "identity" else TTA_COLOUR for name in report.view_names]))
+                              marker_color=colours))
     figure.add_hline(y=report.baseline, line_dash=BASELINE_DASH)
     figure.update_layout(title=t("tta.eval_single_title"), height=380, margin=dict(l=10, r=10, t=50, b=10))
     figure.update_yaxes(title_text=t("tta.axis_accuracy"), range=[0, 1.1], tickformat=".0%")
@@ -464,7 +473,7 @@ def show_report(t: Translator, report: tta.EvaluationReport) -> None:
     col1.metric(t("tta.eval_images"), report.n_images)
     col2.metric(t("tta.eval_without"), percent(report.baseline))
     col3.metric(t("tta.eval_best"), percent(best), points(best - report.baseline),
-                help=t("tta.eval_best_help", set=best_set, mode=t(f"tta.merge_{best_mode}")))
+                help=t("tta.eval_best_help", set=view_set_label(t, best_set), mode=t(f"tta.merge_{best_mode}")))
     st.dataframe(evaluation_table(t, report), hide_index=True)
     st.plotly_chart(single_view_chart(t, report), key="tta_eval_chart")
 

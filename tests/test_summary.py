@@ -35,7 +35,7 @@ from core.summary import (
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 # torchvision 0.29.1 ResNetN_Weights.IMAGENET1K_V1.meta["num_params"], copied as published.
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
-MACS_TOLERANCE = 0.005  # the 0.5 %
+MACS_TOLERANCE = 0.005  # 0.5 %, the accuracy the Arquitectura page promises
 # Option A (zero-padding) CIFAR ResNets with 10 classes; He et al. 2016 Table 6 rounds them to
 # 0.27M, 0.46M, 0.66M, 0.85M and 1.7M.
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
@@ -189,7 +189,7 @@ def test_resnet50_stage_counts_with_basic_blocks_are_resnet34():
     assert summary.total_params == TORCHVISION_PARAMS[34]
 
 
-def test_bottleneck_blocks_at_resnet18_counts_have_no_canonical_name():
+def test_bottleneck_resnet18_counts_uncanonical():
     summary = summarize_config(imagenet_config(18, block="bottleneck"))
     assert summary.weighted_layers == 26
     assert summary.canonical_name is None
@@ -416,3 +416,9 @@ def test_absurd_width_is_counted_without_memory():
     summary = summarize_config(config)
     assert summary.total_params == reference > core.summary.MAX_CPU_SUMMARY_PARAMS
     assert summary.group("layer4").output_shape == (4096, 7, 7)
+
+
+def test_choice_rejects_unknown_imagenet_depth():
+    with pytest.raises(LabError) as error:
+        ArchChoice(imagenet_depth=42).to_config()
+    assert error.value.params == {"depth": 42, "allowed": "18, 34, 50, 101, 152"}

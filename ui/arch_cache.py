@@ -17,5 +17,5 @@ MAX_CACHED_SUMMARIES = 64
 
 @st.cache_data(max_entries=MAX_CACHED_SUMMARIES, show_spinner=False)
 def cached_summary(config_dict: dict) -> ModelSummary:
-    """Summary of the config in `config_dict` (ResNetConfig.to_dict()); raises LabError if invalid."""
+    """Return the summary of the config in `config_dict` (ResNetConfig.to_dict()); LabError if invalid."""
     return summarize_config(ResNetConfig.from_dict(config_dict))

@@ -53,7 +53,7 @@ def test_default_page_shows_the_discriminative_preset_for_resnet18(lang, title, 
 def test_preview_has_the_three_charts_and_the_group_table(lang):
     at = opened(lang)
     assert len(at.get("plotly_chart")) == 3
-    table = at.dataframe[-1].value
+    table = next(frame.value for frame in at.dataframe if "Tensors" in frame.value.columns or "Tensores" in frame.value.columns)
     assert list(table.iloc[:, 0]) == RESNET18_GROUPS
     assert "11,689,512" in metrics(at).values()
 
@@ -243,7 +243,7 @@ def test_finder_start_past_the_schedule_is_refused_without_a_run():
 
 def test_finder_runs_as_a_background_job_end_to_end():
     at = opened("en", arch_config=TINY.to_dict())
-    at.number_input(key="ft_finder_per_class").set_value(8)
+    at.number_input(key="ft_finder_data_cap").set_value(8)
     at.number_input(key="ft_finder_batch").set_value(8)
     at.slider(key="ft_finder_steps").set_value(12)
     at.run()

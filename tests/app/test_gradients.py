@@ -20,6 +20,7 @@ from core.worker import execute
 from tests.app.conftest import open_page
 
 PAGE = "pages/gradients.py"
+RUN_PARAM = "deg_run"
 SMALL = {"arch": cifar_config(8).to_dict(),
          "settings": dataclasses.asdict(ProbeSettings(batch_size=8, data="noise", steps=2))}
 DIVERGING = {"arch": cifar_config(56, batch_norm=False, init="he").to_dict(),
@@ -129,12 +130,11 @@ def test_shattered_panel(lang):
 @pytest.mark.parametrize("lang", ["es", "en"])
 def test_finished_degradation_run_from_the_url(store, lang):
     config = degradation.DegradationConfig(depths=(8, 14), epochs=1, batch_size=16, max_per_class=12, warmup_steps=1)
-    run_id = store.submit("degradation", {**config.to_dict(), "device": "cpu"} if False else config.to_dict(),
-                          name="tiny", device="cpu")
+    run_id = store.submit("degradation", config.to_dict(), name="tiny", device="cpu")
     assert execute(store, store.claim_next("cpu", os.getpid())) == jobs.DONE
 
     at = open_page(PAGE, lang)
-    at.query_params[degradation_param()] = run_id
+    at.query_params[RUN_PARAM] = run_id
     at.run()
     assert not at.exception
     assert at.session_state["grad_section"] == "degradation"
@@ -145,16 +145,12 @@ def test_finished_degradation_run_from_the_url(store, lang):
     assert len(facts) == 3
 
 
-def degradation_param() -> str:
-    return "deg_run"
-
-
 def test_start_button_submits_a_background_run(store):
     at = open_page(PAGE, "en", grad_section="degradation")
     at.run()
     at.button(key="grad_deg_start").click().run()
     assert not at.exception
-    run_id = at.query_params[degradation_param()]
+    run_id = at.query_params[RUN_PARAM]
     run_id = run_id[0] if isinstance(run_id, list) else run_id
     run = store.get(run_id)
     assert run.kind == "degradation"
@@ -164,7 +160,7 @@ def test_start_button_submits_a_background_run(store):
 
 def test_bad_run_id_in_the_url_is_an_error_message(store):
     at = open_page(PAGE, "en")
-    at.query_params[degradation_param()] = "../../etc"
+    at.query_params[RUN_PARAM] = "../../etc"
     at.run()
     assert not at.exception
     assert at.error

@@ -181,7 +181,8 @@ def test_uploaded_checkpoint(no_runs):
     at = open_page(PAGE)
     at.run()
     at.radio(key="tta_model_source").set_value("checkpoint").run()
-    at.file_uploader(key="tta_checkpoint").set_value(("tiny.safetensors", checkpoint_bytes(), "application/octet-stream")).run()
+    upload = ("tiny.safetensors", checkpoint_bytes(), "application/octet-stream")
+    at.file_uploader(key="tta_checkpoint").set_value(upload).run()
     assert not at.exception
     inferred = translate("es", "tta.checkpoint_inferred", stages="1 · 1 · 1", block="basic", stem="cifar", classes=10)
     assert inferred in texts(at)

@@ -3,10 +3,13 @@ the page and find the same run still training, then cancel it."""
 
 import re
 
+import pytest
+
+from core import jobs
 from core.i18n import translate
 from tests.browser.conftest import screenshot, wait_for_app
 
-TIMEOUT_MS = 120_000
+TIMEOUT_MS = 240_000
 LANG = "es"
 PROGRESS = re.compile(r"Paso (\d+) de (\d+)")
 
@@ -29,37 +32,49 @@ def wait_for_step_above(page, step: int) -> int:
     return progress_step(page)
 
 
-def chart_points(page) -> int:
-    """Points drawn in the loss chart (the first Plotly chart of the run)."""
-    return page.evaluate(
-        """() => {
-            const chart = document.querySelector('.js-plotly-plot');
-            return chart && chart.data ? chart.data.reduce((n, trace) => n + (trace.x ? trace.x.length : 0), 0) : 0;
-        }""")
+LOSS_LINE = ".js-plotly-plot .scatterlayer .trace path.js-line"
 
 
-def test_start_watch_reload_cancel(streamlit_server, browser_page):
+def loss_line(page) -> str:
+    """The SVG path of the training-loss trace: it changes whenever new points are drawn."""
+    return page.locator(LOSS_LINE).first.get_attribute("d") or ""
+
+
+@pytest.fixture
+def cancel_leftover_run(tmp_path_factory):
+    """Cancel the run this test started if the test fails midway, so no worker trains on."""
+    started = []
+    yield started
+    for run_dir in tmp_path_factory.getbasetemp().glob("browser-runs*"):
+        store = jobs.Store(run_dir)
+        for run_id in started:
+            run = store.get(run_id)
+            if run is not None and run.is_active:
+                store.cancel(run_id)
+
+
+def test_start_watch_reload_cancel(streamlit_server, browser_page, cancel_leftover_run):
     page = browser_page
     page.goto(f"{streamlit_server}/training?lang={LANG}", timeout=TIMEOUT_MS)
     page.get_by_role("heading", name=translate(LANG, "train.title"), exact=True).wait_for(timeout=TIMEOUT_MS)
     wait_for_app(page)
 
     start = page.get_by_role("button", name=translate(LANG, "train.start"))
-    try:
-        start.wait_for(timeout=TIMEOUT_MS)
-    finally:
-        screenshot(page, "training-form-es")
+    start.wait_for(timeout=TIMEOUT_MS)
     start.click()
     page.wait_for_url(re.compile(r"[?&]run=\d{8}-\d{6}-[0-9a-f]{6}"), timeout=TIMEOUT_MS)
     run_url = page.url
+    cancel_leftover_run.append(re.search(r"run=([0-9a-f-]+)", run_url).group(1))
 
-    # Live: the step counter and the loss chart grow without any interaction.
+    # Live: the step counter and the loss chart move without any interaction.
     first = wait_for_step_above(page, 0)
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 5", timeout=TIMEOUT_MS)
-    points_before = chart_points(page)
+    page.locator(LOSS_LINE).first.wait_for(timeout=TIMEOUT_MS)
+    drawn = loss_line(page)
     later = wait_for_step_above(page, first + 3)
-    page.wait_for_function(f"() => {{ const c = document.querySelector('.js-plotly-plot');"
-                           f" return c && c.data && c.data[0].x.length > {points_before}; }}", timeout=TIMEOUT_MS)
+    page.wait_for_function("([selector, before]) => { const line = document.querySelector(selector);"
+                           " return line && line.getAttribute('d') !== before; }",
+                           arg=[LOSS_LINE, drawn], timeout=TIMEOUT_MS)
     screenshot(page, "training-live-es")
 
     # Reload: the URL brings the same run back, still moving.

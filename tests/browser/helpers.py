@@ -1,0 +1,179 @@
+"""Shared steps of the browser tests: catalog text, navigation, waiting, and error checks.
+
+Expected texts come from the catalog through `core.i18n.translate`, so a change of wording in
+locales/ does not break a test, while a raw key or the wrong language on the page does.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from core.i18n import translate
+
+TIMEOUT_MS = 90_000  # one Streamlit script run on a loaded two-core machine can take this long
+EXCEPTION = "[data-testid='stException']"
+ALERT_ERROR = "[data-testid='stAlertContentError']"
+NAV_LINK = "[data-testid='stSidebarNav'] a[data-testid='stSidebarNavLink']"
+PAGE_KEYS = {  # URL path of each page -> its navigation label and title keys
+    "home": ("common.nav_home", "home.title"),
+    "architecture": ("common.nav_architecture", "arch.title"),
+    "gradients": ("common.nav_gradients", "grad.title"),
+    "finetuning": ("common.nav_finetuning", "ft.title"),
+    "training": ("common.nav_training", "train.title"),
+    "tta": ("common.nav_tta", "tta.title"),
+    "glossary": ("common.nav_glossary", "glossary.title"),
+}
+
+
+def tr(lang: str, key: str, **params: object) -> str:
+    return translate(lang, key, **params)
+
+
+def template_regex(lang: str, key: str) -> re.Pattern:
+    """A regex matching the catalog text of `key` with each {placeholder} as a named group."""
+    template = tr(lang, key)
+    parts = re.split(r"\{(\w+)\}", template)
+    pattern = "".join(re.escape(part) if index % 2 == 0 else f"(?P<{part}>.+?)"
+                      for index, part in enumerate(parts))
+    return re.compile(pattern + "$" if template.endswith("}") else pattern)
+
+
+def wait_idle(page, timeout_ms: int = TIMEOUT_MS) -> None:
+    """Wait until Streamlit's status widget no longer says the script is running."""
+    page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
+    page.wait_for_function(
+        "() => { const s = document.querySelector('[data-testid=\"stStatusWidget\"]');"
+        " return !s || !s.innerText.includes('Running'); }",
+        timeout=timeout_ms,
+    )
+    page.wait_for_timeout(400)
+
+
+def nav_link(page, path: str):
+    return page.locator(f"{NAV_LINK}[href$='/{path}']")
+
+
+def open_app(page, base_url: str, path: str = "", lang: str | None = None) -> None:
+    """Open the app at `path` (a key of PAGE_KEYS, "" for home) and wait for its title.
+
+    The first script run after the server starts runs a page without app.py (Streamlit's
+    pages-folder mode), whose sidebar lists raw file names; loading again gets app.py's
+    navigation with translated labels.
+    """
+    query = f"?lang={lang}" if lang else ""
+    shown = lang or "es"
+    title = tr(shown, PAGE_KEYS[path or "home"][1])
+    expected = tr(shown, "common.nav_glossary")
+    for attempt in range(3):
+        page.goto(f"{base_url}/{path}{query}", timeout=TIMEOUT_MS)
+        heading(page, title).wait_for(timeout=TIMEOUT_MS)
+        wait_idle(page)
+        try:
+            nav_link(page, "glossary").filter(has_text=expected).wait_for(timeout=10_000 if attempt < 2 else TIMEOUT_MS)
+            return
+        except PlaywrightTimeout:  # pages-folder mode on the first run: load again
+            continue
+    raise AssertionError(f"the navigation never showed {expected!r}")
+
+
+def go_to(page, lang: str, path: str) -> None:
+    """Click a page in the sidebar (same session, state kept) and wait for its title."""
+    label_key, title_key = PAGE_KEYS[path]
+    link = nav_link(page, path)
+    assert tr(lang, label_key) in link.inner_text(), link.inner_text()
+    link.click()
+    page.wait_for_url(re.compile(rf"/{path}(\?|$)"), timeout=TIMEOUT_MS)
+    heading(page, tr(lang, title_key)).wait_for(timeout=TIMEOUT_MS)
+    wait_idle(page)
+
+
+def heading(page, text: str):
+    return page.get_by_role("heading", name=text, exact=True).first
+
+
+def sidebar(page):
+    return page.locator("[data-testid='stSidebar']")
+
+
+def main(page):
+    return page.locator("[data-testid='stMain']")
+
+
+def select_option(page, label: str, option: str, scope=None) -> None:
+    """Pick `option` in the selectbox labelled `label`."""
+    box = (scope or page).locator("[data-testid='stSelectbox']").filter(has_text=label).first
+    box.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    wait_idle(page)
+
+
+def choose_radio(page, option: str, scope=None) -> None:
+    """Click the radio button labelled `option` (inside `scope`, default the whole page)."""
+    (scope or page).locator("[data-testid='stRadio'] label").filter(has_text=option).first.click()
+    wait_idle(page)
+
+
+def fill_number(page, label: str, value: float | int, scope=None) -> None:
+    """Type `value` into the number input labelled `label` and commit it with Enter."""
+    box = (scope or page).locator("[data-testid='stNumberInput']").filter(has_text=label).first
+    field = box.locator("input")
+    field.fill(str(value))
+    field.press("Enter")
+    wait_idle(page)
+
+
+def errors_on_page(page) -> list[str]:
+    """Streamlit exception boxes and error banners currently shown."""
+    found = [f"exception: {text}" for text in page.locator(EXCEPTION).all_inner_texts()]
+    found += [f"error banner: {text}" for text in page.locator(ALERT_ERROR).all_inner_texts()]
+    return found
+
+
+def assert_no_errors(page, where: str) -> None:
+    found = errors_on_page(page)
+    assert not found, f"{where}: {found}"
+
+
+def log_offset(log_path: Path) -> int:
+    return log_path.stat().st_size if log_path.exists() else 0
+
+
+def new_log_problems(log_path: Path, offset: int) -> list[str]:
+    """Tracebacks and ERROR lines the server wrote after `offset` (each with a little context)."""
+    if not log_path.exists():
+        return []
+    with open(log_path, encoding="utf-8", errors="replace") as log:
+        log.seek(offset)
+        lines = log.read().splitlines()
+    problems = []
+    for index, line in enumerate(lines):
+        if line.startswith("Traceback") or " ERROR " in line or line.startswith("ERROR"):
+            problems.append("\n".join(lines[max(0, index - 2):index + 25]))
+    return problems
+
+
+MAX_SHOT_HEIGHT = 9_000  # px; a taller page is cut here
+
+
+def full_screenshot(page, name: str) -> Path:
+    """A screenshot of the whole page, below the fold included.
+
+    Streamlit scrolls inside its own container, so Playwright's full_page=True stops at the
+    viewport; the viewport is stretched to the content's height for the picture, then restored.
+    """
+    from tests.browser.conftest import screenshot
+
+    size = page.viewport_size
+    height = page.evaluate(
+        "() => Math.max(...[...document.querySelectorAll("
+        "'[data-testid=\"stMain\"], [data-testid=\"stAppViewContainer\"], [data-testid=\"stSidebarContent\"]')]"
+        ".map(e => e.scrollHeight), document.documentElement.scrollHeight)")
+    page.set_viewport_size({"width": size["width"], "height": min(max(height, size["height"]), MAX_SHOT_HEIGHT)})
+    page.wait_for_timeout(800)  # charts redraw at the new size
+    try:
+        return screenshot(page, name)
+    finally:
+        page.set_viewport_size(size)

@@ -1,0 +1,380 @@
+"""The whole lesson in a real browser, in Spanish and in English, one session from start to end.
+
+home → Arquitectura (ResNet-34 against ResNet-50, then a ResNet-8 small enough to train here)
+→ Gradientes (residual against plain) → Fine-tuning (gradual unfreezing, two epochs)
+→ Entrenamiento (embedded digits: live charts move, a reload mid-run reattaches, a second run
+is queued and then cancelled while it trains) → TTA (the finished run on an uploaded digit,
+every view) → Glosario (search a term, follow its link).
+
+Every step leaves a screenshot test-artifacts/journey-<lang>-<step>.png for a person to look at.
+Pages are reached by clicking the sidebar, never by loading a URL, so the browser session and
+its settings are the ones a student would have; only the deliberate reload starts a new one.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from core import jobs, tta
+from core.glossary import TERMS, search
+from tests.browser.helpers import (
+    TIMEOUT_MS,
+    assert_no_errors,
+    choose_radio,
+    fill_number,
+    full_screenshot,
+    go_to,
+    heading,
+    log_offset,
+    main,
+    new_log_problems,
+    open_app,
+    select_option,
+    sidebar,
+    template_regex,
+    tr,
+    wait_idle,
+)
+
+RESNET34_PARAMS = "21,797,672"  # torchvision resnet34(): sum of p.numel()
+RESNET50_PARAMS = "25,557,032"
+RESNET8_PARAMS = "75,290"  # CIFAR ResNet-8 (n=1, width 16, 10 classes), zero-padding shortcuts (option A)
+TRAIN_EPOCHS = 2
+RUN_TIMEOUT_S = 240  # two epochs of ResNet-8 on the 1,437 training digits, on a loaded machine
+GLOSSARY_TERM = "gradual_unfreezing"
+DIGIT_INDEX = 3  # sklearn digits sample 3 is a "3"
+
+
+@pytest.fixture
+def digit_png(tmp_path) -> Path:
+    """A handwritten digit from scikit-learn's set, enlarged 8× as a teacher's screenshot would be."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    gray = np.floor(digits.images[DIGIT_INDEX] * (255.0 / 16.0) + 0.5).astype(np.uint8)  # (8, 8)
+    big = np.kron(gray, np.ones((8, 8), dtype=np.uint8))  # (64, 64), nearest-neighbour
+    path = tmp_path / f"digito-{digits.target[DIGIT_INDEX]}.png"
+    buffer = io.BytesIO()
+    Image.fromarray(big, mode="L").convert("RGB").save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def shot(page, lang: str, step: str) -> None:
+    full_screenshot(page, f"journey-{lang}-{step}")
+
+
+# --- steps -------------------------------------------------------------------------------------
+
+
+def step_home(page, base_url: str, lang: str) -> None:
+    open_app(page, base_url)  # a student arrives without any parameter: Spanish first
+    heading(page, tr("es", "home.path_header")).wait_for(timeout=TIMEOUT_MS)
+    if lang == "en":
+        choose_radio(page, tr("es", "common.lang_en"), scope=sidebar(page))
+        heading(page, tr("en", "home.path_header")).wait_for(timeout=TIMEOUT_MS)
+        assert "lang=en" in page.url, page.url
+    heading(page, tr(lang, "home.env_header")).wait_for(timeout=TIMEOUT_MS)
+    sidebar(page).get_by_text(tr(lang, "common.sidebar_model", name="ResNet-18")).wait_for()
+    assert_no_errors(page, "home")
+    shot(page, lang, "1-home")
+
+
+def step_architecture(page, lang: str) -> None:
+    go_to(page, lang, "architecture")
+    side = sidebar(page)
+    select_option(page, tr(lang, "arch.depth"), "ResNet-34", scope=side)
+    heading(page, "ResNet-34").wait_for(timeout=TIMEOUT_MS)
+    choose_radio(page, tr(lang, "arch.view_compare"), scope=main(page))
+    select_option(page, tr(lang, "arch.compare_with"), "ResNet-50", scope=main(page))
+    heading(page, tr(lang, "arch.compare_b", name="ResNet-50")).wait_for(timeout=TIMEOUT_MS)
+    heading(page, tr(lang, "arch.compare_a", name="ResNet-34")).wait_for(timeout=TIMEOUT_MS)
+    values = page.locator("[data-testid='stMetricValue']").all_inner_texts()
+    assert RESNET34_PARAMS in values and RESNET50_PARAMS in values, values
+    assert_no_errors(page, "architecture: ResNet-34 vs ResNet-50")
+    shot(page, lang, "2-architecture-34-vs-50")
+
+    # The network the rest of the lesson trains: CIFAR ResNet-8, small enough for a CPU.
+    choose_radio(page, tr(lang, "arch.family_cifar"), scope=side)
+    select_option(page, tr(lang, "arch.cifar_depth"), tr(lang, "arch.cifar_custom"), scope=side)
+    fill_number(page, tr(lang, "arch.cifar_n"), 1, scope=side)
+    heading(page, "ResNet-8").wait_for(timeout=TIMEOUT_MS)
+    side.get_by_text(tr(lang, "common.sidebar_model", name="ResNet-8")).wait_for(timeout=TIMEOUT_MS)
+    assert RESNET8_PARAMS in page.locator("[data-testid='stMetricValue']").all_inner_texts()
+    assert_no_errors(page, "architecture: ResNet-8")
+    shot(page, lang, "3-architecture-resnet8")
+
+
+def step_gradients(page, lang: str) -> None:
+    go_to(page, lang, "gradients")
+    body = main(page)
+    labels = body.locator("[data-testid='stMetricLabel']")
+    for variant in ("residual", "plain"):
+        expected = tr(lang, "grad.metric_ratio", net=tr(lang, f"grad.net_{variant}"))
+        labels.filter(has_text=expected).first.wait_for(timeout=TIMEOUT_MS)
+    chart_title = tr(lang, "grad.layers_title", step=0)
+    body.locator(".js-plotly-plot").filter(has_text=chart_title).first.wait_for(timeout=TIMEOUT_MS)
+    traces = page.evaluate(
+        "(title) => { const plot = [...document.querySelectorAll('.js-plotly-plot')]"
+        ".find(p => p.innerText.includes(title)); return plot ? plot.data.map(d => d.name) : null; }",
+        chart_title)
+    assert traces == [tr(lang, "grad.net_residual"), tr(lang, "grad.net_plain")], traces
+    assert_no_errors(page, "gradients")
+    shot(page, lang, "4-gradients")
+
+
+def step_finetuning(page, lang: str) -> None:
+    go_to(page, lang, "finetuning")
+    body = main(page)
+    fill_number(page, tr(lang, "ft.epochs"), TRAIN_EPOCHS, scope=body)
+    select_option(page, tr(lang, "ft.preset"), tr(lang, "ft.preset_gradual_unfreezing"), scope=body)
+    body.get_by_role("button", name=tr(lang, "ft.apply_preset")).click()
+    wait_idle(page)
+    body.get_by_text(tr(lang, "ft.stored_for_training")).wait_for(timeout=TIMEOUT_MS)
+    body.locator(".js-plotly-plot").filter(has_text=tr(lang, "ft.chart_gantt_title")).first.wait_for()
+    # Gradual unfreezing over two epochs: the head learns from epoch 0, layer3 joins at epoch 1,
+    # and the groups whose turn would come later stay frozen for both epochs.
+    expected = {"stem": 2, "layer1": 2, "layer2": 2, "layer3": 1, "head": 0}
+    try:
+        page.wait_for_function(
+            "([title, expected]) => { const plot = [...document.querySelectorAll('.js-plotly-plot')]"
+            ".find(p => p.innerText.includes(title)); if (!plot) return false; const bars = plot.data[1];"
+            " return JSON.stringify(Object.fromEntries(bars.y.map((g, i) => [g, bars.base[i]])))"
+            " === JSON.stringify(expected); }",
+            arg=[tr(lang, "ft.chart_gantt_title"), expected], timeout=TIMEOUT_MS)
+    except PlaywrightTimeout:
+        raise AssertionError(f"Gantt chart never showed {expected}: {gantt_starts(page, lang)}") from None
+    assert_no_errors(page, "fine-tuning")
+    shot(page, lang, "5-finetuning")
+
+
+def gantt_starts(page, lang: str) -> dict:
+    """First trainable epoch per group as the Gantt chart draws it (the epoch count when never)."""
+    return page.evaluate(
+        "(title) => { const plot = [...document.querySelectorAll('.js-plotly-plot')]"
+        ".find(p => p.innerText.includes(title)); const bars = plot.data[1];"
+        " return Object.fromEntries(bars.y.map((g, i) => [g, bars.base[i]])); }",
+        tr(lang, "ft.chart_gantt_title"))
+
+
+def progress_state(page, lang: str) -> tuple[int, int] | None:
+    """(done, total) from the live progress bar, or None when no bar is shown."""
+    bars = page.locator("[data-testid='stProgress']")
+    if bars.count() == 0:
+        return None
+    match = template_regex(lang, "train.progress").search(bars.first.inner_text())
+    if match is None:
+        return None
+    total = match["total"]  # "?" until the run knows its length
+    return int(match["done"]), int(total) if total.isdigit() else 0
+
+
+def loss_points(page, lang: str) -> int:
+    """Training points drawn in the live loss chart."""
+    return page.evaluate(
+        "(title) => { const plot = [...document.querySelectorAll('.js-plotly-plot')]"
+        ".find(p => p.innerText.includes(title)); return plot && plot.data[0].x ? plot.data[0].x.length : 0; }",
+        tr(lang, "train.chart_loss"))
+
+
+def run_id_in_url(page) -> str | None:
+    match = re.search(r"[?&]run=([0-9a-f-]+)", page.url)
+    return match[1] if match else None
+
+
+def status_text(lang: str, status: str) -> str:
+    return tr(lang, f"train.status_{status}")
+
+
+def wait_for_status(page, lang: str, run_id: str, status: str, timeout_s: float) -> None:
+    """Wait until the current-run block says `status` for `run_id` (the fragment redraws each second)."""
+    line = page.locator("[data-testid='stMarkdownContainer']").filter(has_text=run_id).filter(
+        has_text=status_text(lang, status))
+    line.first.wait_for(timeout=timeout_s * 1000)
+
+
+def open_run_from_history(page, lang: str, run_id: str) -> None:
+    select = page.locator("[data-testid='stSelectbox']").filter(has_text=tr(lang, "train.open_label")).first
+    select.click()
+    page.get_by_role("option").filter(has_text=run_id).first.click()
+    wait_idle(page)
+    page.get_by_role("button", name=tr(lang, "train.open"), exact=True).click()
+    page.wait_for_url(re.compile(rf"run={run_id}"), timeout=TIMEOUT_MS)
+    wait_idle(page)
+
+
+def start_run(page, lang: str, name: str) -> str:
+    field = page.locator("[data-testid='stTextInput']").filter(has_text=tr(lang, "train.run_name")).locator("input")
+    field.fill(name)
+    field.press("Enter")
+    wait_idle(page)
+    before = run_id_in_url(page)
+    page.get_by_role("button", name=tr(lang, "train.start")).click()
+    page.wait_for_function("(before) => { const m = location.search.match(/run=([0-9a-f-]+)/);"
+                           " return m && m[1] !== before; }", arg=before, timeout=TIMEOUT_MS)
+    wait_idle(page)
+    run_id = run_id_in_url(page)
+    assert run_id and jobs.RUN_ID_PATTERN.match(run_id), page.url
+    heading(page, tr(lang, "train.current_header", name=name)).wait_for(timeout=TIMEOUT_MS)
+    return run_id
+
+
+def step_training(page, lang: str, runs_dir: Path) -> str:
+    """Train, watch, reload, queue and cancel a second run; returns the finished run's id."""
+    go_to(page, lang, "training")
+    body = main(page)
+    body.get_by_text(tr(lang, "train.arch_used", name="ResNet-8").replace("**", "")).first.wait_for()
+    frozen = "stem, layer1, layer2, layer3"
+    schedule = tr(lang, "train.schedule_from_ft", epochs=TRAIN_EPOCHS, optimizer="adamw", lr="0.001", frozen=frozen)
+    body.get_by_text(schedule).wait_for(timeout=TIMEOUT_MS)
+    assert_no_errors(page, "training: new-run form")
+    shot(page, lang, "6-training-form")
+
+    first = start_run(page, lang, f"journey-{lang}")
+
+    # The live block redraws itself: the step count and the loss curve grow between two polls.
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while (progress_state(page, lang) or (0, 0))[0] == 0 or loss_points(page, lang) == 0:
+        assert time.monotonic() < deadline, "the run never reported a step"
+        page.wait_for_timeout(500)
+    poll_1 = progress_state(page, lang), loss_points(page, lang)
+    page.wait_for_timeout(3_000)
+    poll_2 = progress_state(page, lang), loss_points(page, lang)
+    assert poll_2[0][0] > poll_1[0][0], (poll_1, poll_2)
+    assert poll_2[1] > poll_1[1], (poll_1, poll_2)
+    shot(page, lang, "7-training-live")
+
+    # A second run with the same settings waits in the queue behind the first.
+    page.locator("[data-testid='stExpander'] summary").filter(has_text=tr(lang, "train.new_header")).click()
+    wait_idle(page)
+    second = start_run(page, lang, f"journey-{lang}-2")
+    page.get_by_text(tr(lang, "train.queue_position", position=1)).wait_for(timeout=TIMEOUT_MS)
+    shot(page, lang, "8-training-queued")
+
+    # Back to the first run, then reload: the run id in the URL brings the live view back.
+    open_run_from_history(page, lang, first)
+    page.reload(timeout=TIMEOUT_MS)
+    heading(page, tr(lang, "train.current_header", name=f"journey-{lang}")).wait_for(timeout=TIMEOUT_MS)
+    assert run_id_in_url(page) == first
+    run = jobs.Store(runs_dir).get(first)
+    assert run.status == jobs.RUNNING, f"the first run ended before the reload ({run.status}); nothing to reattach to"
+    wait_for_status(page, lang, first, "running", timeout_s=60)
+    assert progress_state(page, lang) is not None
+    heading(page, tr(lang, "train.title")).wait_for()  # the reload kept the language
+    assert_no_errors(page, "training: after reload")
+    shot(page, lang, "9-training-reloaded")
+
+    wait_for_status(page, lang, first, "done", timeout_s=RUN_TIMEOUT_S)
+    wait_idle(page)
+    page.get_by_role("heading", name=tr(lang, "train.results_header")).wait_for(timeout=TIMEOUT_MS)
+    summary = page.get_by_text(template_regex(lang, "train.results_summary")).first.inner_text()
+    accuracy = float(template_regex(lang, "train.results_summary").search(summary)["acc"].rstrip("%")) / 100
+    assert accuracy > 0.3, f"two epochs on digits should beat chance (10 %) clearly: {summary}"
+    page.locator(".js-plotly-plot").filter(has_text=tr(lang, "train.chart_confusion")).first.wait_for()
+    assert_no_errors(page, "training: results")
+    shot(page, lang, "10-training-results")
+
+    # The second run starts as soon as the first is done; cancel it while it trains.
+    open_run_from_history(page, lang, second)
+    wait_for_status(page, lang, second, "running", timeout_s=RUN_TIMEOUT_S)
+    page.get_by_role("button", name=tr(lang, "train.cancel"), exact=True).click()
+    wait_for_status(page, lang, second, "cancelled", timeout_s=RUN_TIMEOUT_S)
+    assert jobs.Store(runs_dir).get(second).status == jobs.CANCELLED
+    assert_no_errors(page, "training: cancelled run")
+    shot(page, lang, "11-training-cancelled")
+    return first
+
+
+def step_tta(page, lang: str, run_id: str, digit: Path) -> None:
+    go_to(page, lang, "tta")
+    body = main(page)
+    choose_radio(page, tr(lang, "tta.model_src_run"), scope=body)
+    select_option(page, tr(lang, "tta.run_select"), tr(lang, "tta.run_option", name=f"journey-{lang}", run_id=run_id),
+                  scope=body)
+    choose_radio(page, tr(lang, "tta.src_upload"), scope=body)
+    uploader = body.locator("[data-testid='stFileUploader']").filter(has_text=tr(lang, "tta.upload_label"))
+    uploader.locator("input[type='file']").set_input_files(str(digit))
+    wait_idle(page)
+
+    views = body.locator("[data-testid='stMultiSelect']").filter(has_text=tr(lang, "tta.views_label")).first
+    for family in tta.VIEW_FAMILIES:
+        label = tr(lang, f"tta.family_{family}", scales=", ".join(f"×{s:g}" for s in tta.SCALE_FACTORS),
+                   angles=", ".join(f"{a:+g}" for a in tta.ROTATION_DEGREES))
+        if views.get_by_text(label, exact=True).count():
+            continue  # already chosen (identity and hflip are the defaults)
+        views.click()
+        page.get_by_role("option", name=label, exact=True).click()
+        wait_idle(page)
+    page.keyboard.press("Escape")
+    wait_idle(page)
+
+    expected_views = len(tta.batch_views(tta.VIEW_FAMILIES))
+    body.get_by_text(tr(lang, "tta.metric_tta"), exact=True).first.wait_for(timeout=TIMEOUT_MS)
+    body.get_by_text(tr(lang, "tta.views_grid_header", k=5)).wait_for(timeout=TIMEOUT_MS)
+    images = body.locator("[data-testid='stImage']")
+    # original + the model's exact input + one picture per view
+    assert images.count() == 2 + expected_views, (images.count(), expected_views)
+    assert_no_errors(page, "tta")
+    shot(page, lang, "12-tta")
+
+
+def step_glossary(page, lang: str) -> None:
+    go_to(page, lang, "glossary")
+    body = main(page)
+    name = tr(lang, f"glossary.{GLOSSARY_TERM}_name")
+    field = body.locator("[data-testid='stTextInput']").filter(has_text=tr(lang, "glossary.search")).locator("input")
+    field.fill(name)
+    field.press("Enter")
+    wait_idle(page)
+
+    texts = {}
+    for term in TERMS:
+        parts = [tr(lang, f"glossary.{term.id}_name"), tr(lang, f"glossary.{term.id}_def")]
+        if term.has_note:
+            parts.append(tr(lang, f"glossary.{term.id}_note"))
+        texts[term.id] = "\n".join(parts)
+    expected = search(name, texts)
+    assert GLOSSARY_TERM in expected
+    body.get_by_text(tr(lang, "glossary.count", shown=len(expected), total=len(TERMS))).wait_for(timeout=TIMEOUT_MS)
+    assert_no_errors(page, "glossary: search")
+    shot(page, lang, "13-glossary-search")
+
+    term_heading = body.locator(f"h3#{GLOSSARY_TERM.replace('_', '-')}, h3#{GLOSSARY_TERM}").first
+    link = term_heading.locator("xpath=following::a[@data-testid='stPageLink-NavLink'][1]")
+    assert tr(lang, "common.nav_finetuning") in link.inner_text()
+    link.click()
+    page.wait_for_url(re.compile(r"/finetuning(\?|$)"), timeout=TIMEOUT_MS)
+    heading(page, tr(lang, "ft.title")).wait_for(timeout=TIMEOUT_MS)
+    wait_idle(page)
+    assert_no_errors(page, "glossary: followed link")
+    shot(page, lang, "14-glossary-link-finetuning")
+
+
+# --- the journey -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lang", ["es", "en"])
+def test_journey(streamlit_server, browser_page, streamlit_log_path, streamlit_runs_dir, digit_png, lang):
+    page = browser_page
+    offset = log_offset(streamlit_log_path)
+    started = time.monotonic()
+
+    step_home(page, streamlit_server, lang)
+    step_architecture(page, lang)
+    step_gradients(page, lang)
+    step_finetuning(page, lang)
+    run_id = step_training(page, lang, streamlit_runs_dir)
+    step_tta(page, lang, run_id, digit_png)
+    step_glossary(page, lang)
+
+    problems = new_log_problems(streamlit_log_path, offset)
+    assert not problems, "the server logged errors during the journey:\n\n" + "\n\n".join(problems)
+    print(f"journey {lang}: {time.monotonic() - started:.0f} s")
