@@ -5,9 +5,9 @@
 
 Prints one line per measurement and the ratio batched ÷ single (target ≤ 0.5). "forward" times
 only the model. "end to end" also cuts the views from the decoded photo, as the TTA page does,
-and there the single-view path cuts each view on its own, as a per-view loop would. Both paths run the
-same model in eval mode under torch.inference_mode; the two are interleaved and the median of
-the repeats is reported, so background load on a shared machine hits both alike.
+and there the single-view path cuts each view on its own, as a per-view loop would. Both paths
+run the same model in eval mode under torch.inference_mode. Their repeats are interleaved and the medians
+reported, so background load on a shared machine hits both alike.
 """
 
 from __future__ import annotations
@@ -31,23 +31,20 @@ TARGET_RATIO = 0.5
 VIEW_FAMILY = "ten_crop"  # exactly 10 views
 
 
-def median_seconds(run, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return times
+def seconds(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 def measure(batched, single, repeats: int) -> tuple[float, float]:
-    """Median seconds of `batched` and `single`, interleaved repeat by repeat after one warm-up each."""
+    """Return the median seconds of `batched` and `single`, interleaved repeat by repeat after a warm-up."""
     batched()
     single()
     batched_times, single_times = [], []
     for _ in range(repeats):
-        batched_times += median_seconds(batched, 1)
-        single_times += median_seconds(single, 1)
+        batched_times.append(seconds(batched))
+        single_times.append(seconds(single))
     return statistics.median(batched_times), statistics.median(single_times)
 
 

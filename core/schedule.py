@@ -44,6 +44,7 @@ import dataclasses
 import json
 import logging
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -112,6 +113,16 @@ class Schedule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "groups", tuple(self.groups))
         self._validate()
+        # Not a field: no part of equality, repr or JSON. Weak, so a finished run's model goes.
+        object.__setattr__(self, "_bn_cache", weakref.WeakKeyDictionary())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_bn_cache", weakref.WeakKeyDictionary())
 
     # ---- validation -------------------------------------------------------------------
 
@@ -406,23 +417,34 @@ class Schedule:
         groups_params: Mapping[str, Iterable[str]],
     ) -> None:
         """Set every param group's LR, every parameter's requires_grad and the mode of
-        frozen BatchNorm layers for optimizer step `step`. Call it right before the
-        step's forward pass, after `model.train()` (which would undo the BN modes)."""
-        for param_group in optimizer.param_groups:
-            param_group["lr"] = self.lr(param_group["name"], step)
-
-        params = dict(model.named_parameters())
+        frozen BatchNorm layers for optimizer step `step`. `optimizer` is the one
+        `build_optimizer` made, so its param groups hold every parameter. Call this right
+        before the step's forward pass, after `model.train()` (which would undo the BN modes)."""
         trainable = {name: self.trainable(name, step) for name in self.group_names}
-        for name, names in groups_params.items():
-            for param_name in names:
-                params[param_name].requires_grad_(trainable[name])
+        for param_group in optimizer.param_groups:
+            name = param_group["name"]
+            param_group["lr"] = self.lr(name, step)
+            for param in param_group["params"]:
+                param.requires_grad_(trainable[name])
 
         if self.frozen_bn == "eval":
-            for module, group in _batch_norm_groups(model, groups_params):
+            for module, group in self._batch_norm_groups(model, groups_params):
                 if not trainable[group]:
                     module.eval()
                 else:
                     module.train(model.training)
+
+    def _batch_norm_groups(
+        self, model: nn.Module, groups_params: Mapping[str, Iterable[str]]
+    ) -> list[tuple[nn.Module, str]]:
+        """List (BatchNorm module, group) pairs, remembered per model: finding them walks
+        every module, which would cost about as much as the rest of `apply` on each step."""
+        key = tuple((group, tuple(names)) for group, names in groups_params.items())
+        cached = self._bn_cache.get(model)
+        if cached is None or cached[0] != key:
+            cached = (key, _batch_norm_groups(model, groups_params))
+            self._bn_cache[model] = cached
+        return cached[1]
 
     def _check_group_names(self, groups_params: Mapping[str, Iterable[str]]) -> None:
         if set(groups_params) != set(self.group_names):

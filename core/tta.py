@@ -56,7 +56,7 @@ MAX_VIEW_ASPECT = 16
 # most this many times the largest frame, so a 40-megapixel photo is not resampled six times.
 WORKING_SIZE_FACTOR = 2
 # A single forward pass contains at most this many views (about 0.6 GB of activations for a
-# ResNet-18 at 224 px); larger view sets are split, which leaves every view's logits unchanged.
+# ResNet-18 at 224 px, an estimate). Larger batches are split, and the logits stay the same.
 MAX_VIEWS_PER_PASS = 32
 
 CROP_POSITIONS = ("tl", "tr", "bl", "br", "c")  # the order of torchvision's five_crop

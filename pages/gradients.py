@@ -453,14 +453,16 @@ def _results_table(plan: dict) -> None:
 
     depths = tuple(plan["config"]["depths"])
     loss = {entry["series"]: entry["train_loss"] for entry in finished}
-    facts = degradation.ordering_holds(networks, depths)
     shallow, deep = depths
-    for fact, holds in facts.items():
-        st.markdown("- " + t(f"grad.deg_fact_{fact}_{'yes' if holds else 'no'}", shallow=shallow, deep=deep,
-                             plain_shallow=loss.get(f"plain-{shallow}", float("nan")),
-                             plain_deep=loss.get(f"plain-{deep}", float("nan")),
-                             residual_shallow=loss.get(f"residual-{shallow}", float("nan")),
-                             residual_deep=loss.get(f"residual-{deep}", float("nan"))))
+    params = {"shallow": shallow, "deep": deep,
+              "plain_shallow": loss.get(f"plain-{shallow}", math.nan), "plain_deep": loss.get(f"plain-{deep}", math.nan),
+              "residual_shallow": loss.get(f"residual-{shallow}", math.nan),
+              "residual_deep": loss.get(f"residual-{deep}", math.nan)}
+    params["plain_gap"] = params["plain_deep"] - params["plain_shallow"]
+    params["residual_gap"] = params["residual_deep"] - params["residual_shallow"]
+    facts = degradation.degradation_facts(networks, depths)
+    for fact, outcome in facts.items():
+        st.markdown("- " + t(f"grad.deg_fact_{fact}_{outcome}", **params))
     if len(facts) == 3:
         st.caption(t("grad.deg_note"))
 

@@ -36,8 +36,10 @@ WEIGHTS_KIND_KEY = "train_weights_kind"  # the weights picker's radio (key prefi
 MAX_POINTS = 400  # metric rows per series drawn per redraw, whatever the run's length
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
 TOP_LOSS_COLUMNS = 8
-STATUS_ICONS = {jobs.QUEUED: "⏳", jobs.RUNNING: "▶️", jobs.DONE: "✅", jobs.FAILED: "❌",
-                jobs.CANCELLED: "⏹️", jobs.INTERRUPTED: "⚠️"}
+STATUS_ICONS = {jobs.QUEUED: ":material/hourglass_top:", jobs.RUNNING: ":material/play_circle:",
+                jobs.DONE: ":material/check_circle:", jobs.FAILED: ":material/error:",
+                jobs.CANCELLED: ":material/stop_circle:", jobs.INTERRUPTED: ":material/warning:"}
+HISTORY_REFRESH_S = 2  # the history table refreshes this often while any run is queued or running
 
 t = page_setup("train.title")
 
@@ -316,19 +318,15 @@ def history_table(runs: list[jobs.Run]) -> pd.DataFrame:
         best = max((epoch["val_acc"] for epoch in history), default=None)
         rows.append({
             t("train.col_name"): run.name,
-            t("train.col_status"): f"{STATUS_ICONS.get(run.status, '')} {t(f'train.status_{run.status}')}",
+            t("train.col_status"): t(f"train.status_{run.status}"),
             t("train.col_started"): time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created)),
             t("train.col_epochs"): len(history),
-            t("train.col_best_acc"): None if best is None else round(best, 4),
+            t("train.col_best_acc"): float("nan") if best is None else round(best, 4),
             t("train.col_owner"): t("train.owner_you") if run.owner == owner else (run.owner or "-"),
             t("train.col_device"): run.device,
             t("train.col_id"): run.id,
         })
     return pd.DataFrame(rows)
-
-
-def validation_curves(run_ids: list[str], names: dict[str, str]) -> dict[str, pd.DataFrame]:
-    return {f"{names[run_id]} · {run_id[-6:]}": jobs.metrics(run_id, series="val") for run_id in run_ids}
 
 
 def delete_run(run_id: str) -> None:
@@ -337,31 +335,38 @@ def delete_run(run_id: str) -> None:
         open_run(None)
 
 
+def run_label(runs_by_id: dict[str, jobs.Run], run_id: str) -> str:
+    name = runs_by_id[run_id].name
+    return run_id if name == run_id else f"{name} · {run_id}"
+
+
+def history_table_fragment() -> None:
+    st.dataframe(history_table(jobs.list_runs(kind="train")), hide_index=True, width="stretch")
+
+
 def history_section(current: str | None) -> None:
     st.header(t("train.history_header"))
     runs = jobs.list_runs(kind="train")
     if not runs:
         st.caption(t("train.history_empty"))
         return
-    st.dataframe(history_table(runs), hide_index=True, width="stretch")
+    refresh = HISTORY_REFRESH_S if any(run.is_active for run in runs) else None
+    st.fragment(run_every=refresh)(history_table_fragment)()
 
-    names = {run.id: run.name for run in runs}
-
-    def label(run_id: str) -> str:
-        return f"{names[run_id]} · {run_id}"
-
+    by_id = {run.id: run for run in runs}
+    ids = list(by_id)
     columns = st.columns([3, 1])
-    chosen = columns[0].selectbox(t("train.open_label"), list(names), format_func=label, key="train_open",
-                                  index=list(names).index(current) if current in names else 0)
+    chosen = columns[0].selectbox(t("train.open_label"), ids, format_func=lambda r: run_label(by_id, r),
+                                  key="train_open", index=ids.index(current) if current in by_id else 0)
     if columns[1].button(t("train.open"), key="train_open_button"):
         open_run(chosen)
         st.rerun()
 
-    default = [current] if current in names else list(names)[:1]
-    overlay = st.multiselect(t("train.overlay_label"), list(names), default=default, format_func=label,
+    default = [current] if current in by_id else ids[:1]
+    overlay = st.multiselect(t("train.overlay_label"), ids, default=default, format_func=lambda r: run_label(by_id, r),
                              key="train_overlay")
     if overlay:
-        curves = validation_curves(overlay, names)
+        curves = {run_label(by_id, run_id): jobs.metrics(run_id, series="val") for run_id in overlay}
         left, right = st.columns(2)
         left.plotly_chart(run_charts.overlay_figure(t, curves, "acc"), key="chart_overlay_acc")
         right.plotly_chart(run_charts.overlay_figure(t, curves, "loss"), key="chart_overlay_loss")
@@ -369,7 +374,8 @@ def history_section(current: str | None) -> None:
     finished = [run.id for run in runs if not run.is_active]
     if finished:
         with st.expander(t("train.delete_title")):
-            doomed = st.selectbox(t("train.delete_label"), finished, format_func=label, key="train_delete_choice")
+            doomed = st.selectbox(t("train.delete_label"), finished, format_func=lambda r: run_label(by_id, r),
+                                  key="train_delete_choice")
             if st.button(t("train.delete"), key="train_delete"):
                 try:
                     delete_run(doomed)

@@ -3,6 +3,7 @@ validation and the optimizer side (param groups, requires_grad, frozen BatchNorm
 
 import json
 import math
+import pickle
 
 import pytest
 import torch
@@ -148,7 +149,7 @@ class TestUnfreezing:
         s = self.schedule()
         assert [s.lr("body", step) for step in range(10)] == [0.0] * 10
 
-    def test_after_unfreezing_follows_the_head_scaled_by_its_multiplier(self):
+    def test_unfrozen_group_is_scaled_head_curve(self):
         s = self.schedule()
         for step in range(10, 20):
             assert s.lr("body", step) == pytest.approx(0.5 * s.lr("head", step), **TOL)
@@ -291,6 +292,10 @@ class TestJson:
                                       GroupSchedule("head", 1, None, ("fc",))))
         assert Schedule.from_json(s.to_json()) == s
 
+    def test_pickle_round_trip(self):
+        s = analytic_schedule()
+        assert pickle.loads(pickle.dumps(s)) == s
+
     def test_version_is_stored(self):
         assert json.loads(analytic_schedule().to_json())["version"] == SCHEDULE_VERSION
 
@@ -431,14 +436,14 @@ def cifar_schedule(**changes) -> Schedule:
 
 
 class TestOptimizer:
-    def test_one_named_param_group_per_layer_group_and_decay_kind(self):
+    def test_param_groups_named_by_layer_group(self):
         model = tiny_model()
         s = cifar_schedule()
         optimizer = s.build_optimizer(model, s.group_params(model))
         names = [(g["name"], g["no_decay"]) for g in optimizer.param_groups]
         assert names == [(n, flag) for n in s.group_names for flag in (False, True)]
 
-    def test_no_decay_holds_exactly_batch_norm_parameters_and_biases(self):
+    def test_no_decay_is_batch_norm_and_biases(self):
         model = tiny_model()
         s = cifar_schedule(weight_decay=5e-4)
         optimizer = s.build_optimizer(model, s.group_params(model))
@@ -481,8 +486,8 @@ class TestOptimizer:
         model = tiny_model()
         s = analytic_schedule()  # ImageNet groups; the CIFAR model has no layer4
         with pytest.raises(LabError) as info:
-            s.build_optimizer(model, params := {"stem": [], "head": []})
-        assert info.value.key == "ft.err_groups_mismatch" and params
+            s.build_optimizer(model, {"stem": [], "head": []})
+        assert info.value.key == "ft.err_groups_mismatch"
 
     def test_apply_sets_lrs_flags_and_frozen_bn_mode(self):
         model = tiny_model()
@@ -493,9 +498,10 @@ class TestOptimizer:
         s.apply(0, model, optimizer, groups_params)
         assert [g["lr"] for g in optimizer.param_groups] == [s.lr(g["name"], 0) for g in optimizer.param_groups]
         assert [p.requires_grad for n, p in model.named_parameters()] == [n.startswith("fc") for n, _ in model.named_parameters()]
-        assert not model.bn1.training and not model.layer1[0].bn1.training
+        assert not model.bn1.training
+        assert not model.layer1[0].bn1.training
 
-    def test_apply_puts_bn_back_in_train_mode_when_unfrozen(self):
+    def test_unfrozen_batch_norm_trains_again(self):
         model = tiny_model()
         s = cifar_schedule()
         groups_params = s.group_params(model)
@@ -504,6 +510,17 @@ class TestOptimizer:
         s.apply(0, model, optimizer, groups_params)
         s.apply(3, model, optimizer, groups_params)
         assert all(m.training for m in model.modules())
+
+    def test_apply_follows_a_regrouping_of_the_same_model(self):
+        model = tiny_model()
+        s = cifar_schedule()
+        groups_params = s.group_params(model)
+        optimizer = s.build_optimizer(model, groups_params)
+        model.train()
+        s.apply(0, model, optimizer, groups_params)
+        moved = {**groups_params, "head": groups_params["head"] + groups_params["layer3"], "layer3": []}
+        s.apply(0, model, optimizer, moved)
+        assert model.layer3[0].bn1.training
 
     def test_frozen_bn_train_mode_leaves_batch_norm_training(self):
         model = tiny_model()
@@ -523,7 +540,8 @@ class TestRegrouping:
                   GroupSchedule("head"))
         s = Schedule(groups=groups, epochs=2, steps_per_epoch=2)
         params = s.group_params(model)
-        assert params["early"][0] == "conv1.weight" and params["late"][0].startswith("layer2.")
+        assert params["early"][0] == "conv1.weight"
+        assert params["late"][0].startswith("layer2.")
 
     def test_overlapping_groups_name_the_parameters(self):
         model = tiny_model()
@@ -531,14 +549,16 @@ class TestRegrouping:
                   GroupSchedule("b", modules=("layer2", "layer3")), GroupSchedule("head"))
         with pytest.raises(LabError) as info:
             Schedule(groups=groups, epochs=2, steps_per_epoch=2).group_params(model)
-        assert info.value.key == "errors.groups_overlap" and "layer2.0.conv1.weight" in info.value.params["names"]
+        assert info.value.key == "errors.groups_overlap"
+        assert "layer2.0.conv1.weight" in info.value.params["names"]
 
     def test_orphans_are_named(self):
         model = tiny_model()
         groups = (GroupSchedule("a", modules=("conv1", "bn1", "layer1", "layer2")), GroupSchedule("head"))
         with pytest.raises(LabError) as info:
             Schedule(groups=groups, epochs=2, steps_per_epoch=2).group_params(model)
-        assert info.value.key == "errors.groups_orphans" and "layer3.0.conv1.weight" in info.value.params["names"]
+        assert info.value.key == "errors.groups_orphans"
+        assert "layer3.0.conv1.weight" in info.value.params["names"]
 
     def test_unknown_group_without_modules(self):
         model = tiny_model()

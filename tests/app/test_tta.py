@@ -34,11 +34,11 @@ def tiny_model() -> torch.nn.Module:
     return model.eval()
 
 
-def png_bytes(height: int, width: int, seed: int) -> bytes:
+def image_bytes(height: int, width: int, seed: int, image_format: str = "PNG") -> bytes:
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format=image_format)
     return buffer.getvalue()
 
 
@@ -114,8 +114,8 @@ def test_upload_and_choose_views(finished_run):
     at.run()
     at.radio(key="tta_image_source").set_value("upload").run()
     at.file_uploader(key="tta_uploads").set_value([
-        ("wide.png", png_bytes(20, 90, seed=1), "image/png"),
-        ("tall.png", png_bytes(70, 15, seed=2), "image/png"),
+        ("wide.png", image_bytes(20, 90, seed=1), "image/png"),
+        ("tall.png", image_bytes(70, 15, seed=2), "image/png"),
     ]).run()
     at.multiselect(key="tta_families").set_value(["identity", "hflip", "ten_crop"]).run()
     assert not at.exception
@@ -154,8 +154,8 @@ def test_bad_file_named_rest_analysed(finished_run):
     at.radio(key="tta_image_source").set_value("upload").run()
     at.file_uploader(key="tta_uploads").set_value([
         ("notas.txt", b"esto no es una imagen", "text/plain"),
-        ("cut.png", png_bytes(40, 40, seed=3)[:200], "image/png"),
-        ("good.png", png_bytes(40, 40, seed=4), "image/png"),
+        ("cut.png", image_bytes(40, 40, seed=3)[:200], "image/png"),
+        ("good.png", image_bytes(40, 40, seed=4), "image/png"),
     ]).run()
     assert not at.exception
     errors = [error.value for error in at.error]
@@ -234,8 +234,8 @@ def test_evaluation_on_a_zip(finished_run):
     with zipfile.ZipFile(buffer, "w") as archive:
         for digit in ("3", "7"):
             for index in range(3):
-                archive.writestr(f"digits/{digit}/{index}.png", png_bytes(12, 12, seed=int(digit) * 10 + index))
-        archive.writestr("digits/gato/0.png", png_bytes(12, 12, seed=99))
+                archive.writestr(f"digits/{digit}/{index}.png", image_bytes(12, 12, seed=int(digit) * 10 + index))
+        archive.writestr("digits/gato/0.png", image_bytes(12, 12, seed=99))
     at = open_page(PAGE)
     at.run()
     at.radio(key="tta_eval_source").set_value("zip").run()
@@ -244,3 +244,16 @@ def test_evaluation_on_a_zip(finished_run):
     at.button(key="tta_eval_run").click().run()
     assert not at.exception
     assert metric_values(at)[translate("es", "tta.eval_images")] == "6"
+
+
+def test_camera_photo(finished_run):
+    at = open_page(PAGE)
+    at.run()
+    at.radio(key="tta_image_source").set_value("camera").run()
+    assert translate("es", "tta.waiting_camera") in texts(at)
+    photo = ("foto.jpg", image_bytes(48, 64, seed=5, image_format="JPEG"), "image/jpeg")
+    at.camera_input(key="tta_camera").set_value(photo).run()
+    assert not at.exception
+    assert len(at.image) == 2 + 2
+    captions = [caption for image in at.image for caption in image.captions]
+    assert translate("es", "tta.original_caption", width=64, height=48) in captions

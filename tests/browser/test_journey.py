@@ -48,24 +48,29 @@ RESNET34_PARAMS = "21,797,672"  # torchvision resnet34(): sum of p.numel()
 RESNET50_PARAMS = "25,557,032"
 RESNET8_PARAMS = "75,290"  # CIFAR ResNet-8 (n=1, width 16, 10 classes), zero-padding shortcuts (option A)
 TRAIN_EPOCHS = 2
+SCRATCH_LR_MAX = 0.003  # AdamW peak LR for every group, training from random weights
 RUN_TIMEOUT_S = 240  # two epochs of ResNet-8 on the 1,437 training digits, on a loaded machine
 GLOSSARY_TERM = "gradual_unfreezing"
 DIGIT_INDEX = 3  # sklearn digits sample 3 is a "3"
 
 
-@pytest.fixture
-def digit_png(tmp_path) -> Path:
+def make_digit_png(folder: Path) -> Path:
     """A handwritten digit from scikit-learn's set, enlarged 8× as a teacher's screenshot would be."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     gray = np.floor(digits.images[DIGIT_INDEX] * (255.0 / 16.0) + 0.5).astype(np.uint8)  # (8, 8)
     big = np.kron(gray, np.ones((8, 8), dtype=np.uint8))  # (64, 64), nearest-neighbour
-    path = tmp_path / f"digito-{digits.target[DIGIT_INDEX]}.png"
+    path = folder / f"digito-{digits.target[DIGIT_INDEX]}.png"
     buffer = io.BytesIO()
     Image.fromarray(big, mode="L").convert("RGB").save(buffer, format="PNG")
     path.write_bytes(buffer.getvalue())
     return path
+
+
+@pytest.fixture
+def digit_png(tmp_path) -> Path:
+    return make_digit_png(tmp_path)
 
 
 def shot(page, lang: str, step: str) -> None:
@@ -131,18 +136,8 @@ def step_gradients(page, lang: str) -> None:
     shot(page, lang, "4-gradients")
 
 
-def step_finetuning(page, lang: str) -> None:
-    go_to(page, lang, "finetuning")
-    body = main(page)
-    fill_number(page, tr(lang, "ft.epochs"), TRAIN_EPOCHS, scope=body)
-    select_option(page, tr(lang, "ft.preset"), tr(lang, "ft.preset_gradual_unfreezing"), scope=body)
-    body.get_by_role("button", name=tr(lang, "ft.apply_preset")).click()
-    wait_idle(page)
-    body.get_by_text(tr(lang, "ft.stored_for_training")).wait_for(timeout=TIMEOUT_MS)
-    body.locator(".js-plotly-plot").filter(has_text=tr(lang, "ft.chart_gantt_title")).first.wait_for()
-    # Gradual unfreezing over two epochs: the head learns from epoch 0, layer3 joins at epoch 1,
-    # and the groups whose turn would come later stay frozen for both epochs.
-    expected = {"stem": 2, "layer1": 2, "layer2": 2, "layer3": 1, "head": 0}
+def wait_for_gantt(page, lang: str, expected: dict[str, int]) -> None:
+    """Wait until the Gantt chart gives each group the first trainable epoch in `expected`."""
     try:
         page.wait_for_function(
             "([title, expected]) => { const plot = [...document.querySelectorAll('.js-plotly-plot')]"
@@ -152,8 +147,38 @@ def step_finetuning(page, lang: str) -> None:
             arg=[tr(lang, "ft.chart_gantt_title"), expected], timeout=TIMEOUT_MS)
     except PlaywrightTimeout:
         raise AssertionError(f"Gantt chart never showed {expected}: {gantt_starts(page, lang)}") from None
-    assert_no_errors(page, "fine-tuning")
-    shot(page, lang, "5-finetuning")
+
+
+def apply_preset(page, lang: str, preset: str) -> None:
+    body = main(page)
+    select_option(page, tr(lang, "ft.preset"), tr(lang, f"ft.preset_{preset}"), scope=body)
+    body.get_by_role("button", name=tr(lang, "ft.apply_preset")).click()
+    wait_idle(page)
+
+
+def step_finetuning(page, lang: str) -> None:
+    go_to(page, lang, "finetuning")
+    body = main(page)
+    body.get_by_text(tr(lang, "ft.intro", model="ResNet-8")).wait_for(timeout=TIMEOUT_MS)
+    fill_number(page, tr(lang, "ft.epochs"), TRAIN_EPOCHS, scope=body)
+    apply_preset(page, lang, "gradual_unfreezing")
+    # Gradual unfreezing over two epochs: the head learns from epoch 0, layer3 joins at epoch 1,
+    # and the groups whose turn would come later stay frozen for both epochs.
+    wait_for_gantt(page, lang, {"stem": 2, "layer1": 2, "layer2": 2, "layer3": 1, "head": 0})
+    body.get_by_text(tr(lang, "ft.stored_for_training")).wait_for(timeout=TIMEOUT_MS)
+    assert_no_errors(page, "fine-tuning: gradual unfreezing")
+    shot(page, lang, "5-finetuning-gradual-unfreezing")
+
+    # NOTE: from random weights (no ImageNet weights offline) a frozen backbone learns next to
+    # nothing in two epochs: with the plan above the run ended at 13 % validation accuracy, chance
+    # being 10 % (see /work/e2e-findings.md). So the run below trains every group from step 0
+    # (full fine-tuning) at a from-scratch peak LR; with it two epochs reach about 90 %.
+    apply_preset(page, lang, "full_finetuning")
+    wait_for_gantt(page, lang, {"stem": 0, "layer1": 0, "layer2": 0, "layer3": 0, "head": 0})
+    fill_number(page, tr(lang, "ft.lr_max"), SCRATCH_LR_MAX, scope=body)
+    body.get_by_text(tr(lang, "ft.stored_for_training")).wait_for(timeout=TIMEOUT_MS)
+    assert_no_errors(page, "fine-tuning: full fine-tuning")
+    shot(page, lang, "5b-finetuning-full")
 
 
 def gantt_starts(page, lang: str) -> dict:
@@ -232,8 +257,8 @@ def step_training(page, lang: str, runs_dir: Path) -> str:
     go_to(page, lang, "training")
     body = main(page)
     body.get_by_text(tr(lang, "train.arch_used", name="ResNet-8").replace("**", "")).first.wait_for()
-    frozen = "stem, layer1, layer2, layer3"
-    schedule = tr(lang, "train.schedule_from_ft", epochs=TRAIN_EPOCHS, optimizer="adamw", lr="0.001", frozen=frozen)
+    schedule = tr(lang, "train.schedule_from_ft", epochs=TRAIN_EPOCHS, optimizer="adamw", lr=f"{SCRATCH_LR_MAX:g}",
+                  frozen="-")
     body.get_by_text(schedule).wait_for(timeout=TIMEOUT_MS)
     assert_no_errors(page, "training: new-run form")
     shot(page, lang, "6-training-form")
@@ -242,14 +267,19 @@ def step_training(page, lang: str, runs_dir: Path) -> str:
 
     # The live block redraws itself: the step count and the loss curve grow between two polls.
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while (progress_state(page, lang) or (0, 0))[0] == 0 or loss_points(page, lang) == 0:
-        assert time.monotonic() < deadline, "the run never reported a step"
+    while (progress_state(page, lang) or (0, 0))[0] == 0 or not loss_points(page, lang):
+        if time.monotonic() > deadline:
+            run = jobs.Store(runs_dir).get(first)
+            raise AssertionError(
+                f"no live step count and loss curve after {RUN_TIMEOUT_S} s: run {run.status} at step "
+                f"{run.progress_done}, page shows progress {progress_state(page, lang)}, "
+                f"{page.locator('.js-plotly-plot').count()} charts")
         page.wait_for_timeout(500)
     poll_1 = progress_state(page, lang), loss_points(page, lang)
     page.wait_for_timeout(3_000)
     poll_2 = progress_state(page, lang), loss_points(page, lang)
-    assert poll_2[0][0] > poll_1[0][0], (poll_1, poll_2)
-    assert poll_2[1] > poll_1[1], (poll_1, poll_2)
+    assert poll_2[0][0] > poll_1[0][0], f"the step count did not move: {poll_1} then {poll_2}"
+    assert poll_2[1] > poll_1[1], f"the loss curve did not grow: {poll_1} then {poll_2}"
     shot(page, lang, "7-training-live")
 
     # A second run with the same settings waits in the queue behind the first.
@@ -277,7 +307,7 @@ def step_training(page, lang: str, runs_dir: Path) -> str:
     page.get_by_role("heading", name=tr(lang, "train.results_header")).wait_for(timeout=TIMEOUT_MS)
     summary = page.get_by_text(template_regex(lang, "train.results_summary")).first.inner_text()
     accuracy = float(template_regex(lang, "train.results_summary").search(summary)["acc"].rstrip("%")) / 100
-    assert accuracy > 0.3, f"two epochs on digits should beat chance (10 %) clearly: {summary}"
+    assert accuracy > 0.5, f"two epochs on the digits should get well above chance (10 %): {summary}"
     page.locator(".js-plotly-plot").filter(has_text=tr(lang, "train.chart_confusion")).first.wait_for()
     assert_no_errors(page, "training: results")
     shot(page, lang, "10-training-results")
