@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=100)
     args = parser.parse_args()
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # one thread: on a shared machine more threads only add contention
 
     model = build_resnet(imagenet_config(args.depth))
     schedule = make_preset("gradual_unfreezing", list(default_groups(model)), epochs=5, steps_per_epoch=100)

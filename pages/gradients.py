@@ -37,7 +37,7 @@ VARIANTS = ("residual", "plain")
 COLOURS = {"residual": "#1f77b4", "plain": "#d62728"}
 CIFAR_DEPTHS = {"basic": (8, 14, 20, 32, 44, 56, 110), "bottleneck": (11, 20, 29, 56, 110, 164)}
 IMAGENET_DEPTHS = tuple(IMAGENET_STAGES)
-IMAGENET_INPUT_SIZES = (32, 64, 112, 224)
+INPUT_SIZES = (32, 64, 112, 224)
 BATCH_SIZES = (8, 16, 32, 64, 128)
 LEARNING_RATES = (0.001, 0.01, 0.1, 0.5)
 SHATTERED_POINTS = (32, 64, 128, 256)
@@ -78,12 +78,12 @@ def _probe_form(family: str, block: str) -> None:
         columns = st.columns(4)
         if family == "cifar":
             depth = columns[0].selectbox(t("grad.depth"), CIFAR_DEPTHS[block], index=2, key=f"grad_depth_{block}")
-            input_size = 32
         else:
             depth = columns[0].selectbox(t("grad.depth"), IMAGENET_DEPTHS, key="grad_depth_imagenet",
                                          help=t("grad.imagenet_block_help"))
-            input_size = columns[0].selectbox(t("grad.input_size"), IMAGENET_INPUT_SIZES, index=1,
-                                              key="grad_input_size", help=t("grad.input_size_help"))
+        # Applies to the model from Arquitectura too: a 224-px probe of a deep net is slow on a CPU.
+        input_size = columns[0].selectbox(t("grad.input_size"), INPUT_SIZES, index=0 if family == "cifar" else 1,
+                                          key=f"grad_input_size_{family}", help=t("grad.input_size_help"))
         batch_size = columns[1].select_slider(t("grad.batch_size"), BATCH_SIZES, value=32, key="grad_batch_size")
         data = columns[1].radio(t("grad.data"), ("digits", "noise"), key="grad_data",
                                 format_func=lambda value: t(f"grad.data_{value}"))
@@ -102,8 +102,8 @@ def _probe_form(family: str, block: str) -> None:
     elif family == "cifar":
         arch = cifar_config(depth, block=block)
     else:
-        arch = imagenet_config(depth, num_classes=10, input_size=input_size)
-    arch = arch.replace(batch_norm=batch_norm, init=init)
+        arch = imagenet_config(depth, num_classes=10)
+    arch = arch.replace(batch_norm=batch_norm, init=init, input_size=input_size)
     settings = ProbeSettings(batch_size=batch_size, data=data, seed=int(seed), steps=int(steps), lr=lr)
     st.session_state[REQUEST] = {"arch": arch.to_dict(), "settings": dataclasses.asdict(settings)}
 

@@ -366,6 +366,7 @@ class TestValidation:
         (dict(epochs=0), "ft.err_epochs"),
         (dict(steps_per_epoch=0), "ft.err_steps_per_epoch"),
         (dict(optimizer="adam"), "ft.err_optimizer"),
+        (dict(version=SCHEDULE_VERSION + 1), "ft.err_version"),
         (dict(frozen_bn="freeze"), "ft.err_frozen_bn"),
         (dict(momentum=1.0), "ft.err_momentum"),
         (dict(weight_decay=-0.1), "ft.err_weight_decay"),

@@ -127,20 +127,26 @@ def test_shattered_panel(lang):
     assert len(at.get("plotly_chart")) == 2
 
 
-@pytest.mark.parametrize("lang", ["es", "en"])
-def test_finished_degradation_run_from_the_url(store, lang):
+@pytest.fixture(scope="module")
+def finished_run(store):
+    """A tiny degradation run executed by the worker's own `execute`, in this process."""
     config = degradation.DegradationConfig(depths=(8, 14), epochs=1, batch_size=16, max_per_class=12, warmup_steps=1)
     run_id = store.submit("degradation", config.to_dict(), name="tiny", device="cpu")
     assert execute(store, store.claim_next("cpu", os.getpid())) == jobs.DONE
+    return run_id
 
+
+@pytest.mark.parametrize("lang", ["es", "en"])
+def test_finished_degradation_run_from_the_url(finished_run, lang):
     at = open_page(PAGE, lang)
-    at.query_params[RUN_PARAM] = run_id
+    at.query_params[RUN_PARAM] = finished_run
     at.run()
     assert not at.exception
     assert at.session_state["grad_section"] == "degradation"
     assert len(at.get("plotly_chart")) == 1
     table = at.dataframe[0].value
     assert len(table) == 4
+    assert table.columns[0] == translate(lang, "grad.col_network")
     facts = [text for text in texts(at.markdown) if text.startswith("- ")]
     assert len(facts) == 3
 

@@ -125,6 +125,16 @@ def fill_number(page, label: str, value: float | int, scope=None) -> None:
     wait_idle(page)
 
 
+def open_expander(page, label: str, scope=None) -> None:
+    """Open the expander titled `label` unless it is open already (a click would close it)."""
+    details = (scope or page).locator("[data-testid='stExpander'] details").filter(
+        has=page.locator("summary", has_text=label)).first
+    if details.get_attribute("open") is None:
+        details.locator("summary").first.click()
+        page.wait_for_function("(d) => d.open", arg=details.element_handle())
+        wait_idle(page)
+
+
 def errors_on_page(page) -> list[str]:
     """Streamlit exception boxes and error banners currently shown."""
     found = [f"exception: {text}" for text in page.locator(EXCEPTION).all_inner_texts()]
@@ -177,3 +187,20 @@ def full_screenshot(page, name: str) -> Path:
         return screenshot(page, name)
     finally:
         page.set_viewport_size(size)
+
+
+_FIND_PLOT = ("const plot = [...document.querySelectorAll('.js-plotly-plot')]"
+              ".find(p => { const t = p.querySelector('.gtitle'); return t && t.textContent === title; });")
+
+
+def plot_traces(page, title: str) -> list[dict] | None:
+    """The traces of the Plotly chart titled `title` as Plotly drew them, or None if not on the page.
+
+    Read from `_fullData`: plotly.py sends numbers as packed typed arrays, which only the drawn
+    traces hold decoded. Each trace gives its name, x, y and base as plain lists.
+    """
+    return page.evaluate(
+        "(title) => { " + _FIND_PLOT + " if (!plot || !plot._fullData) return null;"
+        " const list = v => v == null ? null : Array.from(v);"
+        " return plot._fullData.map(d => ({name: d.name, x: list(d.x), y: list(d.y), base: list(d.base)})); }",
+        title)

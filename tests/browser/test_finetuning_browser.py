@@ -20,6 +20,7 @@ def test_preview_charts_draw(streamlit_server, browser_page, lang):
     page = browser_page
     open_finetuning(page, streamlit_server, lang)
     page.get_by_text(translate(lang, "ft.chart_lr_title")).first.wait_for(timeout=TIMEOUT_MS)
+    page.locator(".js-plotly-plot").nth(2).wait_for(timeout=TIMEOUT_MS)  # Plotly draws lazily
     assert page.locator(".js-plotly-plot").count() == 3
     assert page.get_by_text("513,000").count() >= 1  # trainable at the start: ResNet-18's fc
     screenshot(page, f"finetuning-{lang}")
@@ -38,5 +39,6 @@ def test_preset_applies_and_bad_file_keeps_the_schedule(streamlit_server, browse
     uploader.locator("input[type='file']").set_input_files(str(bad))
     wait_for_app(page)
     page.get_by_text("El archivo no es JSON válido", exact=False).wait_for(timeout=TIMEOUT_MS)
+    page.locator(".js-plotly-plot").nth(2).wait_for(timeout=TIMEOUT_MS)
     assert page.locator(".js-plotly-plot").count() == 3
     screenshot(page, "finetuning-bad-json-es")
