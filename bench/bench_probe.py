@@ -7,8 +7,8 @@ The probe (core.gradients.probe) does one forward pass with a hook per block, on
 pass, and one norm per parameter tensor read back in a single transfer. The baseline is what
 any training step does before the optimiser: zero the gradients, forward, cross-entropy,
 backward. Both run on CIFAR ResNet-56 (He et al. 2016), batch 64 of 32×32 Gaussian inputs, in
-training mode. Runs alternate (baseline, probe, baseline, ...) after warm-up, so load on a
-shared machine hits both alike; the ratio uses the medians and also the minima. Target: ≤ 1.3.
+training mode. Runs alternate (baseline, probe, baseline, and so on) after warm-up, so load on a
+shared machine hits both alike. Ratios of the medians and of the minima are printed. Target: ≤ 1.3.
 """
 
 from __future__ import annotations

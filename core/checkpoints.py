@@ -100,7 +100,7 @@ def read_run_config(run_dir: Path) -> dict:
 
 
 def final_weights_path(run_dir: Path) -> Path | None:
-    """The weights a finished run offers: model.safetensors, else the best or last epoch's."""
+    """Return the weights a finished run offers: model.safetensors, else the best or last epoch's."""
     for name in (MODEL_FILE, BEST_FILE, LAST_FILE):
         if (run_dir / name).is_file():
             return run_dir / name

@@ -4,8 +4,8 @@ Four networks train with identical settings, data order and seed: the plain and 
 CIFAR network at a shallow and a deep depth. The deeper plain network ends with a higher
 *training* loss than the shallower one, although it could represent it exactly (extra blocks
 as identities); the deeper residual network does not. Every network trains through the
-engine's `fit` (the lab's one training loop); its step losses go to the run's metrics under the
-series "plain-20", "residual-56", ...
+engine's `fit`, the lab's one training loop. Its step losses go to the run's metrics under the
+series "plain-20", "residual-56", and so on.
 
 Steps are numbered per network from 0 in the metrics, but each network logs at an offset
 (network index × steps per network) so that a resumed run can discard exactly the rows of the
@@ -117,7 +117,7 @@ def steps_per_epoch(config: DegradationConfig, train_count: int) -> int:
 
 
 def plan(config: DegradationConfig, train_count: int) -> list[PlannedNetwork]:
-    """The four networks in training order: plain shallow, plain deep, residual shallow, deep."""
+    """Return the four networks in training order: plain shallow, plain deep, residual shallow, residual deep."""
     per_network = steps_per_epoch(config, train_count) * config.epochs
     order = [(variant, depth) for variant in VARIANTS for depth in config.depths]
     return [PlannedNetwork(series_name(variant, depth), variant, depth, index * per_network)
@@ -125,7 +125,7 @@ def plan(config: DegradationConfig, train_count: int) -> list[PlannedNetwork]:
 
 
 class _NetworkContext:
-    """The job context as one network's `fit` sees it: steps shifted, progress summed over networks.
+    """Job context given to one network's `fit`: steps shifted, progress summed over networks.
 
     It also keeps the step losses of the training series by epoch, for the final summary.
     """
@@ -167,7 +167,7 @@ def _schedule(config: DegradationConfig, group_names: list[str], steps: int) -> 
 
 
 def _data_config(config: DegradationConfig) -> tuple[dict, int]:
-    """The engine's data config: digits with normalisation fitted on the training split."""
+    """Return the engine's data config (digits, normalisation fitted on the training split) and the training count."""
     spec = DatasetSpec(source="digits", seed=config.seed, max_per_class=config.max_per_class)
     loaded = load_dataset(spec)
     preprocessing = fit_normalization(loaded.train, default_preprocessing("digits").replace(input_size=config.input_size))
@@ -209,7 +209,7 @@ def train_network(network: PlannedNetwork, config: DegradationConfig, data, devi
 def run_job(config: dict, ctx) -> None:
     """The "degradation" job of core.jobs: train the four networks, keeping degradation.json current.
 
-    The file holds the config, the plan (series and step offsets, written before training so
+    The file contains the config, the plan (series and step offsets, written before training so
     the page can draw curves at once) and each finished network's numbers.
     """
     settings = DegradationConfig.from_dict(config)
@@ -248,13 +248,13 @@ def _load_previous(ctx) -> dict:
 
 
 # The deeper residual network counts as not degrading when its gap to the shallower one is at
-# most this fraction of the plain networks' gap (on a small set trained briefly, the deeper
-# residual network is often a little behind at the end, yet nothing like the plain one).
+# most this fraction of the plain networks' gap. On a small set trained briefly, the deeper
+# residual network often ends a little behind, yet nothing like the deeper plain one.
 RESIDUAL_GAP_FRACTION = 0.1
 
 
 def degradation_facts(results: dict[str, dict], depths: tuple[int, int]) -> dict[str, str]:
-    """The facts the demo shows, read from the final training losses of finished networks.
+    """Read the demo's facts from the final training losses of finished networks.
 
     "plain_degrades": "yes" when the deeper plain network ends with the higher loss.
     "residual_beats_plain": "yes" when, at the deeper depth, residual ends below plain.

@@ -7,9 +7,9 @@ the command line, torchrun) goes through the same pieces:
   channels_last (CUDA only), gradient-norm per layer group, optional clipping of the global
   norm, then `optimizer.step()`. It returns device tensors and never synchronises.
 - `fit(...)`: epochs of `TrainStep` driven by the Fine-tuning `Schedule` (per-step LRs,
-  freezing, frozen BatchNorm in eval mode), validation after each epoch, early stopping, the
-  best weights restored at the end whatever ended the run, cancel checked before every step,
-  and a non-finite loss stopping the run. Metrics leave the device once per
+  freezing, frozen BatchNorm in eval mode), with validation after each epoch and early
+  stopping. The best weights are restored at the end whatever ended the run. Cancel is checked
+  before every step, and a non-finite loss stops the run. Metrics leave the device once per
   `log_every_steps` (one transfer), yet every step gets its own row.
 - `evaluate(...)` / `predict(...)`: validation loss and accuracy, and per-sample outputs for
   the confusion matrix and the highest-loss images.
@@ -124,7 +124,7 @@ class TrainOptions:
 
 
 class Context(Protocol):
-    """What fit() reports to: a JobContext, the CLI's printer, or NullContext."""
+    """The reporting interface of fit(): a JobContext, the CLI's printer, or NullContext."""
 
     def log_metrics(self, step: int, metrics: dict[str, float], series: str = "train") -> None: ...
     def set_progress(self, done: int, total: int) -> None: ...
@@ -195,9 +195,9 @@ class StepOutput:
 class TrainStep:
     """The one training-step path: forward, loss, backward, gradient norms, clipping, optimizer step.
 
-    `groups_params` maps group names to parameter names of `unwrap(model)`; the gradient norm of
-    every group is measured on each step because the page plots it, and the global norm for
-    clipping is computed from the same per-group norms (no second pass over the gradients).
+    `groups_params` maps group names to parameter names of `unwrap(model)`. The gradient norm of
+    every group is measured on each step because the page plots it. The global norm for
+    clipping is computed from the same per-group norms, without a second pass over the gradients.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, groups_params: dict[str, list[str]],
@@ -361,7 +361,7 @@ class _MetricRows:
         self.started = time.perf_counter()
 
     def drain(self) -> list[tuple[int, dict[str, float]]]:
-        """All pending rows as (step, metrics); one device→host transfer."""
+        """Return all pending rows as (step, metrics), with one device→host transfer."""
         if not self.pending:
             return []
         values = torch.stack([packed for _, _, packed, _ in self.pending]).cpu().tolist()
@@ -384,7 +384,7 @@ class _MetricRows:
 
 
 def _group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """The LR each named group trains with (a group split for weight decay has one LR)."""
+    """Return the LR of each named group (a group split in two for weight decay has one LR)."""
     return {group.get("name", str(index)): group["lr"] for index, group in enumerate(optimizer.param_groups)}
 
 
@@ -421,8 +421,8 @@ def fit(model: nn.Module, schedule, train_batches: Batches, val_batches: Iterabl
 
     `schedule.steps_per_epoch` must equal `len(train_batches)`. `state`/`best_state`/`optimizer`
     continue an interrupted run. `on_epoch_end(state, improved)` runs after each validated epoch
-    with finite metrics (where run_job writes checkpoints). Returns why the loop ended; the model
-    holds the best weights when `options.restore_best` and an epoch was validated.
+    with finite metrics (where run_job writes checkpoints). Returns why the loop ended. The model
+    ends with the best weights when `options.restore_best` is on and an epoch was validated.
     """
     ctx = ctx or NullContext()
     core_model = unwrap(model)
@@ -498,7 +498,7 @@ def fit(model: nn.Module, schedule, train_batches: Batches, val_batches: Iterabl
 
     restored = False
     if best_state is not None and (options.restore_best or stop_reason == STOP_NON_FINITE):
-        # After a non-finite loss the current weights are unusable whatever the option says.
+        # After a non-finite loss the current weights are unusable, whatever the option is.
         core_model.load_state_dict(best_state)
         restored = True
     ctx.set_progress(state.step, schedule.total_steps)
@@ -523,7 +523,7 @@ class EpochBatches:
     """Batches of a dataset, reshuffled per epoch from a seed; the `Batches` the loop consumes.
 
     A `TensorDataset` (data preprocessed once into memory) is sliced directly, which costs
-    nothing per step; any other map-style dataset goes through a DataLoader with these index
+    nothing per step. Any other map-style dataset goes through a DataLoader with these index
     batches. Under DDP each process takes its own slice of every epoch's permutation; with
     `drop_last=True` (training) every process gets the same number of full batches, as DDP
     requires.
@@ -585,7 +585,7 @@ DEFAULT_LR_MAX = 1e-3  # AdamW from scratch: a safe default for these small netw
 
 
 def default_schedule(group_names: list[str], steps_per_epoch: int, epochs: int = DEFAULT_EPOCHS):
-    """The schedule of a run started without one: every group trains from step 0, cosine from lr_max."""
+    """Build the schedule of a run started without one: every group trains from step 0, cosine from lr_max."""
     return Schedule(groups=tuple(GroupSchedule(name=name) for name in group_names), epochs=epochs,
                     steps_per_epoch=steps_per_epoch, optimizer="adamw", lr_max=DEFAULT_LR_MAX)
 
@@ -633,7 +633,7 @@ def prepare_data(config: dict, options: TrainOptions, device: torch.device, rank
 
 
 def build_model(config: dict, data: PreparedData, options: TrainOptions):
-    """The run's network sized for the data (classes, channels, input side), initial weights loaded."""
+    """Build the run's network sized for the data (classes, channels, input side) and load its initial weights."""
     preprocessing = data.preprocessing
     architecture = ResNetConfig.from_dict(config["architecture"]).replace(
         num_classes=len(data.classes), in_channels=preprocessing.channels, input_size=preprocessing.input_size)
@@ -645,7 +645,7 @@ def build_model(config: dict, data: PreparedData, options: TrainOptions):
 
 
 def run_job(config: dict, ctx) -> None:
-    """The "train" job of core.jobs: train as `config` says, writing everything into ctx.run_dir.
+    """Run the "train" job of core.jobs as `config` specifies, writing everything into ctx.run_dir.
 
     Config keys: "architecture" (ResNetConfig dict), "schedule" (Schedule dict, or None for
     `default_schedule`), "data" (core.data.DatasetSpec dict), "preprocessing" (optional
@@ -657,7 +657,7 @@ def run_job(config: dict, ctx) -> None:
 
 def train_run(config: dict, ctx, run_dir, device: torch.device, resuming: bool = False, rank: int = 0,
               world_size: int = 1) -> FitResult:
-    """Everything between a run config and a finished run; run_job, the CLI and torchrun call it.
+    """Train from a run config to a finished run folder; run_job, the CLI and torchrun call it.
 
     Only rank 0 writes files. Raises LabError for a non-finite loss (after saving what is
     good) and for CUDA out-of-memory (after freeing the cache).
@@ -733,12 +733,15 @@ def _train_run(config: dict, ctx, run_dir, device: torch.device, options: TrainO
         wrapped = _wrap_ddp(model, device, schedule)
 
     def save_epoch(fit_state: FitState, improved: bool) -> None:
+        # The weights carry their loop counters, so a resume trusts them first; see _resume
+        # for a process killed between these writes.
         if not writer:
             return
+        counters = json.dumps(fit_state.to_dict())
+        checkpoints.save_weights(model, run_dir / checkpoints.LAST_FILE, metadata={"counters": counters})
         if improved:
-            checkpoints.save_weights(model, run_dir / checkpoints.BEST_FILE)
+            checkpoints.save_weights(model, run_dir / checkpoints.BEST_FILE, metadata={"counters": counters})
         checkpoints.save_training_state(run_dir / checkpoints.STATE_FILE, optimizer, fit_state.to_dict())
-        checkpoints.save_weights(model, run_dir / checkpoints.LAST_FILE, metadata={"step": str(fit_state.step)})
 
     logger.info("training %s on %s: %d epochs × %d steps, batch %d", architecture.to_dict(), device,
                 schedule.epochs, steps_per_epoch, options.batch_size)
@@ -774,24 +777,37 @@ def _wrap_ddp(model: nn.Module, device: torch.device, schedule: Schedule) -> nn.
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=freezes)
 
 
-def _resume(run_dir, model: nn.Module, optimizer: torch.optim.Optimizer):
-    """Load the last epoch's weights, optimizer state and counters; (None, None) to start over."""
-    last, state_path = run_dir / checkpoints.LAST_FILE, run_dir / checkpoints.STATE_FILE
-    if not last.is_file() or not state_path.is_file():
+def _resume(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer):
+    """Load the last epoch's weights, counters and optimizer state; (None, None) to start over.
+
+    The epoch-end files are written in the order last weights, best weights, optimizer state.
+    A process killed in between leaves the newer weights with older companions, so the counters
+    come from the last weights' own metadata; the optimizer state is used only when it belongs
+    to the same step; and when the last epoch was the best, its weights are the best ones.
+    """
+    last = run_dir / checkpoints.LAST_FILE
+    if not last.is_file():
         logger.info("run %s: no checkpoint to resume from, starting over", run_dir.name)
         return None, None
 
-    model.load_state_dict(checkpoints.load_weights(last))
-    saved = checkpoints.load_training_state(state_path)
-    state = FitState.from_dict(saved["counters"])
-    if checkpoints.read_metadata(last).get("step") == str(state.step):
+    weights = checkpoints.load_weights(last)
+    model.load_state_dict(weights)
+    state = FitState.from_dict(json.loads(checkpoints.read_metadata(last)["counters"]))
+
+    state_path = run_dir / checkpoints.STATE_FILE
+    saved = checkpoints.load_training_state(state_path) if state_path.is_file() else None
+    if saved is not None and saved["counters"].get("step") == state.step:
         optimizer.load_state_dict(saved["optimizer"])
     else:
-        # Killed between writing the two files: the weights are one epoch older than the
-        # optimizer state. The weights are what matters; the optimizer restarts its moments.
-        logger.warning("run %s: optimizer state does not match the weights; not restored", run_dir.name)
+        logger.warning("run %s: no optimizer state for step %d; the optimizer starts afresh", run_dir.name,
+                       state.step)
+
+    best_state = None
     best_path = run_dir / checkpoints.BEST_FILE
-    best_state = checkpoints.load_weights(best_path) if best_path.is_file() else None
+    if state.best_epoch == state.epoch - 1:
+        best_state = weights
+    elif best_path.is_file():
+        best_state = checkpoints.load_weights(best_path)
     logger.info("run %s resumes at epoch %d, step %d", run_dir.name, state.epoch, state.step)
     return state, best_state
 

@@ -14,9 +14,9 @@ Layout under the runs dir (default `<project>/runs`, env RESNET_LAB_RUNS_DIR ove
                          cheap enough for every training step
     worker.log           stdout and stderr of the worker processes
 
-A run whose worker died (killed, server restart) is found by `recover_orphans()`: its status
-becomes "interrupted" and `resume(run_id)` queues it again; the job then sees `ctx.resuming`
-and continues from its last checkpoint.
+A run whose worker died (killed, server restart) is found by `recover_orphans()`, which sets
+its status to "interrupted". `resume(run_id)` queues it again, and the job then reads
+`ctx.resuming` and continues from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,7 +65,7 @@ FINAL_STATUSES = (DONE, FAILED, CANCELLED, INTERRUPTED)
 HEARTBEAT_S = 2.0
 HEARTBEAT_TIMEOUT_S = 30.0
 # Metrics are buffered in the worker and written at most this often, so the page (polling once a
-# second) sees fresh values without one SQLite transaction per training step.
+# second) reads fresh values without one SQLite transaction per training step.
 METRICS_FLUSH_S = 0.5
 
 RUN_ID_PATTERN = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
@@ -110,7 +111,7 @@ CREATE TABLE IF NOT EXISTS workers (
 
 
 def runs_dir() -> Path:
-    """The folder holding the database and the run folders (read from the environment each call)."""
+    """Return the folder of the database and the run folders (read from the environment each call)."""
     configured = os.environ.get("RESNET_LAB_RUNS_DIR")
     return Path(configured).resolve() if configured else PROJECT_ROOT / "runs"
 
@@ -120,7 +121,7 @@ def max_running_per_device() -> int:
 
 
 def default_device() -> str:
-    """The device a run goes to unless its config names one ("cpu", "cuda", "cuda:1", ...)."""
+    """Return the device a run goes to unless its config names one ("cpu", "cuda", "cuda:1", ...)."""
     from core.device import pick_device
 
     return str(pick_device())
@@ -208,20 +209,36 @@ def _pid_alive(pid: int | None) -> bool:
 class Store:
     """The SQLite database of one runs dir. Every method opens its own short connection."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, persistent: bool = False) -> None:
+        """Open (and create if needed) the database of `root`, by default `runs_dir()`.
+
+        A `persistent` store keeps one connection per thread open, which the worker uses: opening
+        and closing a connection per write costs milliseconds (closing the last connection
+        checkpoints the WAL), too much for a training loop.
+        """
         self.root = Path(root) if root is not None else runs_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / DB_NAME
+        self._local = threading.local() if persistent else None
         with self._connect() as connection:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(SCHEMA)
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _open(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
         connection.row_factory = sqlite3.Row
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA busy_timeout=30000")
+        return connection
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        if self._local is not None:
+            if getattr(self._local, "connection", None) is None:
+                self._local.connection = self._open()
+            yield self._local.connection
+            return
+        connection = self._open()
         try:
             yield connection
         finally:
@@ -229,7 +246,7 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """An IMMEDIATE transaction: writers queue up instead of failing on a lock upgrade."""
+        """Open an IMMEDIATE transaction, so writers wait for the lock instead of failing on an upgrade."""
         with self._connect() as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
@@ -291,7 +308,7 @@ class Store:
             return self._row_to_run(row, self._queue_position(connection, row))
 
     def list_runs(self, kind: str | None = None) -> list[Run]:
-        """All runs, newest first."""
+        """Return all runs, newest first."""
         with self._connect() as connection:
             if kind is None:
                 rows = connection.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
@@ -318,10 +335,10 @@ class Store:
 
     def metrics(self, run_id: str, series: str | None = None, since_step: int | None = None,
                 max_points: int | None = None) -> pd.DataFrame:
-        """Metrics of a run as a DataFrame with columns series, step, time and one per metric name.
+        """Return a run's metrics as a DataFrame: columns series, step, time and one per metric name.
 
-        `since_step` returns only rows with a larger step (incremental polling); `max_points` keeps
-        about that many rows per series by striding in SQL (the last row is always kept), so a
+        `since_step` keeps only rows with a larger step, for incremental polling. `max_points`
+        keeps about that many rows per series by striding in SQL, the last row included, so a
         chart of an hour-long run costs the same as a chart of a short one.
         """
         validate_run_id(run_id)
@@ -526,7 +543,12 @@ class Store:
 
 @dataclass
 class JobContext:
-    """What a job function sees of the system: where to write, what to report, when to stop."""
+    """The system as a job function sees it: where to write, what to report, when to stop.
+
+    Metrics and progress are handed to a writer thread that stores them every METRICS_FLUSH_S,
+    so the training loop never waits for SQLite. `close()` (the worker calls it when the job
+    returns) writes what is left and stops the thread.
+    """
 
     run_id: str
     run_dir: Path
@@ -534,28 +556,64 @@ class JobContext:
     store: Store | None = None
     resuming: bool = False  # True when an interrupted run continues from its last checkpoint
     _buffer: list = field(default_factory=list, repr=False)
-    _last_flush: float = field(default=0.0, repr=False)
+    _progress: tuple[int, int] | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # guards the buffer, briefly
+    _write_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # keeps writes in order
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _writer: threading.Thread | None = field(default=None, repr=False)
 
     def log_metrics(self, step: int, metrics: dict[str, float], series: str = "train") -> None:
-        """Record metrics of one step; written to the store at most every METRICS_FLUSH_S."""
+        """Record the metrics of one step; the writer thread stores them within METRICS_FLUSH_S."""
         values = {name: float(value) for name, value in metrics.items()}
-        self._buffer.append((self.run_id, series, int(step), time.time(), values))
-        if time.monotonic() - self._last_flush >= METRICS_FLUSH_S:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.store is not None and self._buffer:
-            self.store.append_metrics(self._buffer)
-        self._buffer = []
-        self._last_flush = time.monotonic()
+        with self._lock:
+            self._buffer.append((self.run_id, series, int(step), time.time(), values))
+        self._start_writer()
 
     def set_progress(self, done: int, total: int) -> None:
+        with self._lock:
+            self._progress = (int(done), int(total))
+        self._start_writer()
+
+    def _start_writer(self) -> None:
+        if self._writer is None and self.store is not None:
+            self._writer = threading.Thread(target=self._write_periodically, name=f"metrics-{self.run_id}",
+                                            daemon=True)
+            self._writer.start()
+
+    def _write_periodically(self) -> None:
+        while not self._stop.wait(METRICS_FLUSH_S):
+            try:
+                self.flush()
+            except sqlite3.Error:  # a locked database for a moment: the rows stay for the next try
+                logger.exception("run %s: writing metrics failed", self.run_id)
+
+    def flush(self) -> None:
+        """Store the buffered metrics and the latest progress now, in order."""
+        with self._write_lock:
+            with self._lock:
+                rows, self._buffer = self._buffer, []
+                progress, self._progress = self._progress, None
+            if self.store is None:
+                return
+            try:
+                self.store.append_metrics(rows)
+                if progress is not None:
+                    self.store.update_progress(self.run_id, *progress)
+            except sqlite3.Error:
+                with self._lock:  # keep them for the next write
+                    self._buffer = rows + self._buffer
+                    self._progress = self._progress or progress
+                raise
+
+    def close(self) -> None:
+        """Stop the writer thread and store everything still buffered."""
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.join()
         self.flush()
-        if self.store is not None:
-            self.store.update_progress(self.run_id, done, total)
 
     def should_stop(self) -> bool:
-        """True once a cancel was requested (a file check, cheap enough for every step)."""
+        """Return True once a cancel was requested (a file check, cheap enough for every step)."""
         return (self.run_dir / CANCEL_FILE).exists()
 
     def save_json(self, name: str, obj: object) -> Path:
@@ -569,11 +627,12 @@ class JobContext:
         return path
 
     def set_message(self, key: str | None, **params: object) -> None:
-        """A catalog message the page shows with the run (e.g. why training stopped early)."""
+        """Store the catalog message the page shows with the run (e.g. why training stopped early)."""
         if self.store is not None:
             self.store.set_message(self.run_id, key, params)
 
     def discard_metrics_after(self, step: int) -> None:
+        """Delete stored rows past `step` (a resumed run redoes them), after storing the buffer."""
         self.flush()
         if self.store is not None:
             self.store.discard_metrics_after(self.run_id, step)

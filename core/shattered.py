@@ -1,14 +1,14 @@
 """Shattered gradients (Balduzzi et al. 2017): how input gradients decorrelate along a line of inputs.
 
 For a ReLU network with its BatchNorm statistics frozen, f(x) is piecewise linear, so the
-gradient ∂f/∂x changes only where some ReLU flips. Walking along the segment between two
-images, a deep plain network flips so many units that the gradients at neighbouring points are
-almost unrelated (they look like white noise); a residual network of the same depth keeps them
-correlated (Balduzzi et al. 2017 show brown-noise-like gradients for ResNets).
+gradient ∂f/∂x changes only where some ReLU flips. Along the segment between two images, a deep
+plain network flips so many units that the gradients at neighbouring points are almost
+unrelated, like white noise. A residual network of the same depth keeps them correlated:
+Balduzzi et al. 2017 describe its gradients as brown noise.
 
 We report, for the residual network and its plain twin:
-- the derivative of the output along the segment, df/dt, at every point (the 1-D picture of
-  Balduzzi et al.'s Figure 1);
+- the derivative of the output along the segment, df/dt, at every point: the 1-D picture
+  Balduzzi et al. plot for networks with a scalar input;
 - the mean Pearson correlation between the input gradients of points `lag` steps apart.
 """
 
@@ -81,8 +81,8 @@ def line_gradients(model: nn.Module, start: torch.Tensor, end: torch.Tensor, out
 def lag_correlation(gradients: torch.Tensor, max_lag: int) -> list[float]:
     """Mean Pearson correlation between rows `lag` apart, for lag = 1 .. max_lag.
 
-    Rows that are exactly constant (a gradient that underflowed to zero) have no correlation;
-    pairs involving them are skipped, and a lag with no valid pair gives NaN.
+    Rows that are exactly constant (a gradient that underflowed to zero) have no correlation, so
+    pairs involving them are skipped. A lag with no valid pair gives NaN.
     """
     rows = gradients.double()
     rows = rows / rows.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
@@ -103,8 +103,8 @@ def shattered(config: ResNetConfig, settings: ProbeSettings, num_points: int = D
               max_lag: int = 32) -> dict[str, ShatteredResult]:
     """Compare the residual network and its plain twin on the same segment, seed and statistics.
 
-    The segment joins the first two images of the probe batch; the output is the logit of the
-    first image's class; BatchNorm statistics are those of the probe batch.
+    The segment joins the first two images of the probe batch. The output is the logit of the
+    first image's class, and BatchNorm statistics are those of the probe batch.
     """
     validate(config)
     settings.validate()

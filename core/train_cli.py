@@ -9,7 +9,7 @@
      "data": {"source": "digits"}, "train": {"batch_size": 32}, "epochs": 3}
 
 Under torchrun each process trains its share of every batch through DistributedDataParallel
-(NCCL on CUDA, gloo on the CPU); rank 0 prints and writes the run folder, which
+(NCCL on CUDA, gloo on the CPU). Rank 0 prints and writes the run folder, which
 `core.checkpoints.load_run_model` reads like any run of the page. Ctrl-C stops at the next
 step and still restores and saves the best weights.
 

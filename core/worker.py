@@ -50,17 +50,17 @@ def execute(store: Store, run: Run) -> str:
     try:
         resolve_job(run.kind)(run.config, context)
     except LabError as error:
-        context.flush()
+        context.close()
         logger.warning("run %s failed: %s", run.id, error)
         store.finish(run.id, FAILED, error.key, error.params)
         return FAILED
     except Exception as error:  # the worker must outlive any job; the traceback goes to the log
-        context.flush()
+        context.close()
         logger.exception("run %s crashed", run.id)
         store.finish(run.id, FAILED, "errors.unexpected", {"kind": type(error).__name__})
         return FAILED
 
-    context.flush()
+    context.close()
     status = CANCELLED if context.should_stop() else DONE
     store.finish(run.id, status)
     return status
@@ -76,7 +76,7 @@ def _beat(store: Store, pid: int, stop: threading.Event) -> None:
 
 def serve(runs_dir: Path, device: str, idle_exit_s: float = IDLE_EXIT_S) -> None:
     """Claim and execute runs of `device` until none has arrived for `idle_exit_s`."""
-    store = Store(runs_dir)
+    store = Store(runs_dir, persistent=True)
     pid = os.getpid()
     store.register_worker(pid, device)
     stop = threading.Event()

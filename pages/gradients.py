@@ -1,8 +1,8 @@
 """Gradientes: gradient flow with and without skip connections, shattered gradients, degradation.
 
-The probe and the shattered-gradients panel run in this process (one forward and backward
-pass per step, cached per configuration); the degradation demo trains four networks, so it
-runs as a background job and this page only polls it.
+The probe and the shattered-gradients panel run in this process, one forward and backward pass
+per step, cached per configuration. The degradation demo trains four networks, so it runs as a
+background job and this page only polls it.
 """
 
 import dataclasses
@@ -157,7 +157,7 @@ def _model_line(arch: ResNetConfig, settings: ProbeSettings) -> None:
 # --- charts ----------------------------------------------------------------------------------
 
 def _positive_or_none(values: list[float]) -> list[float | None]:
-    """Zeros and non-finite values cannot sit on a log axis; they are left out, and said so."""
+    """Replace zeros and non-finite values by None: a log axis cannot show them (the page counts them)."""
     return [value if value > 0 and math.isfinite(value) else None for value in values]
 
 
@@ -189,7 +189,12 @@ def _ratio_metrics(results: dict[str, list[ProbeResult]], shown: list[str], step
         result = results[variant][min(step, len(results[variant]) - 1)]
         ratio = result.first_last_ratio
         name = t(f"grad.net_{variant}")
-        value = t("grad.diverged_short") if result.diverged else (t("grad.undefined") if ratio is None else f"{ratio:.3g}")
+        if result.diverged:
+            value = t("grad.diverged_short")
+        elif ratio is None:
+            value = t("grad.undefined")
+        else:
+            value = f"{ratio:.3g}"
         columns[2 * index].metric(t("grad.metric_ratio", net=name), value, help=t("grad.metric_ratio_help"))
         loss = t("grad.diverged_short") if result.diverged else f"{result.loss:.4g}"
         columns[2 * index + 1].metric(t("grad.metric_loss", net=name), loss)

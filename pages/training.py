@@ -6,7 +6,7 @@ polls the SQLite store once a second in a fragment. Sections: the current run (p
 charts, cancel, results and downloads), a new run, and the run history.
 
 Unsaved choices live in st.session_state only, so people sharing a server never see each
-other's; runs are shared history, each with the owner id of the session that started it.
+other's. Runs are shared history, and each stores the owner id of the session that started it.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def duration(seconds: float | None) -> str:
 
 
 def schedule_choice(run_arch) -> tuple[dict | None, int | None]:
-    """The Fine-tuning page's schedule (checked against the model's groups), or the default's epochs."""
+    """Return the Fine-tuning page's schedule (checked against the model's groups), or the default's epochs."""
     schedule_json = state.get_schedule_json()
     if not schedule_json:
         st.info(t("train.schedule_default", lr=f"{1e-3:g}"))

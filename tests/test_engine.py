@@ -169,6 +169,26 @@ def test_start_from_previous_run_checkpoint(tmp_path):
     assert context.series("val")[-1][1]["acc"] > 0.5
 
 
+def test_resume_after_cancel_matches_uninterrupted_run(tmp_path):
+    """Cancelled during epoch 1, resumed from the epoch-0 checkpoint: the same final weights, bit for bit."""
+    config = run_config(epochs=3, data={"source": "digits", "max_per_class": 20},
+                        train={"early_stopping": {"patience": None}})
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    whole.mkdir(), parts.mkdir()
+    train_run(config, RecordingContext(), whole, CPU)
+    steps_per_epoch = Schedule.from_dict(checkpoints.read_run_config(whole)["schedule"]).steps_per_epoch
+
+    train_run(config, RecordingContext(stop_after_steps=steps_per_epoch + 2), parts, CPU)
+    context = RecordingContext()
+    result = train_run(config, context, parts, CPU, resuming=True)
+
+    assert result.stop_reason == "completed"
+    assert context.series("train")[0][0] == steps_per_epoch  # continued at epoch 1, step 0 of it
+    expected = checkpoints.load_weights(whole / checkpoints.MODEL_FILE)
+    resumed = checkpoints.load_weights(parts / checkpoints.MODEL_FILE)
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+
+
 def tiny_data(count=96, size=8, classes=4, seed=0):
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(count) % classes

@@ -127,7 +127,8 @@ class TestSameBatchForEveryNetwork:
         a = probe_batches(settings, cifar_config(20))
         b = probe_batches(settings, cifar_config(56, skip=False))
         assert len(a) == 2
-        assert torch.equal(a[0][0], b[0][0]) and torch.equal(a[1][1], b[1][1])
+        assert torch.equal(a[0][0], b[0][0])
+        assert torch.equal(a[1][1], b[1][1])
         assert not torch.equal(a[0][0], a[1][0])
 
     def test_cifar_twins_start_from_identical_weights(self):
@@ -141,11 +142,14 @@ class TestSameBatchForEveryNetwork:
         settings = ProbeSettings(batch_size=64, data="digits", seed=1)
         (images, labels), = probe_batches(settings, cifar_config(20))
         assert images.shape == (64, 3, 32, 32)
-        assert abs(images.mean().item()) < 0.2 and 0.7 < images.std().item() < 1.3
+        assert abs(images.mean().item()) < 0.2
+        assert 0.7 < images.std().item() < 1.3
         assert torch.equal(images[:, 0], images[:, 1])  # grayscale digits replicated to RGB
-        assert set(labels.tolist()) <= set(range(10)) and len(set(labels.tolist())) > 5
+        assert set(labels.tolist()) <= set(range(10))
+        assert len(set(labels.tolist())) > 5
         again, = probe_batches(settings, cifar_config(56, skip=False))
-        assert torch.equal(again[0], images) and torch.equal(again[1], labels)
+        assert torch.equal(again[0], images)
+        assert torch.equal(again[1], labels)
 
     def test_one_channel_large_input(self):
         (images, _), = probe_batches(ProbeSettings(batch_size=2), imagenet_config(18, in_channels=1, input_size=96))
@@ -183,7 +187,8 @@ class TestFactsWithBatchNorm:
     def test_residual_ratio_stays_near_one(self, data):
         shallow = _step0(cifar_config(20), data).first_last_ratio  # measured 0.75 (digits), 0.21 (noise)
         deep = _step0(cifar_config(56), data).first_last_ratio  # measured 0.60, 0.46
-        assert 0.05 < shallow < 2 and 0.05 < deep < 2
+        assert 0.05 < shallow < 2
+        assert 0.05 < deep < 2
         assert deep / shallow < 4
 
 
@@ -283,7 +288,8 @@ class TestShatteredGradients:
     def test_zero_rows_are_skipped(self):
         rows = torch.tensor([[1.0, 2.0, 4.0], [0.0, 0.0, 0.0], [1.0, 2.0, 4.0]])
         correlations = lag_correlation(rows, 2)
-        assert math.isnan(correlations[0]) and correlations[1] == pytest.approx(1.0)
+        assert math.isnan(correlations[0])
+        assert correlations[1] == pytest.approx(1.0)
 
     def test_deep_plain_gradients_shatter_residual_ones_do_not(self):
         settings = ProbeSettings(batch_size=16, data="noise")

@@ -50,7 +50,7 @@ def train_val_figure(t: Translator, train: pd.DataFrame, val: pd.DataFrame, metr
 
 
 def group_figure(t: Translator, train: pd.DataFrame, prefix: str, title_key: str, axis_key: str) -> go.Figure:
-    """One line per layer group for the columns named `<prefix>/<group>`, log scale."""
+    """Draw one line per layer group for the columns named `<prefix>/<group>`, on a log scale."""
     figure = _figure(t(title_key), t("train.axis_step"), t(axis_key), log_y=True)
     for column in [c for c in train.columns if c.startswith(prefix + "/")]:
         rows = _column(train, column)

@@ -1,8 +1,8 @@
 """Gradientes page under AppTest, in both languages: numbers shown, a diverging configuration,
 the form, the shattered-gradients panel and the degradation demo (start, reattach from the URL).
 
-The probe configurations are tiny (CIFAR-8/-56 on batches of 8) so the page renders fast; the
-numbers the page shows are compared with core.gradients.compare on the same configuration.
+The probe configurations are tiny (CIFAR-8 and CIFAR-56 on batches of 8), so the page renders
+fast. The numbers the page shows are compared with core.gradients.compare on the same configuration.
 """
 
 import dataclasses
@@ -77,7 +77,8 @@ def test_diverging_configuration_is_reported_not_drawn(lang):
     banners = texts(at.error)
     residual = translate(lang, "grad.net_residual")
     assert len(banners) == 1
-    assert residual in banners[0] and "layer" in banners[0]
+    assert residual in banners[0]
+    assert "layer" in banners[0]  # the block where the forward signal stopped being finite
 
     at.select_slider(key="grad_step").set_value(1).run()
     assert metric_values(at)[translate(lang, "grad.metric_ratio", net=residual)] == translate(lang, "grad.diverged_short")
@@ -164,7 +165,7 @@ def test_start_button_submits_a_background_run(store):
     store.cancel(run_id)
 
 
-def test_bad_run_id_in_the_url_is_an_error_message(store):
+def test_bad_run_id_shows_error(store):
     at = open_page(PAGE, "en")
     at.query_params[RUN_PARAM] = "../../etc"
     at.run()

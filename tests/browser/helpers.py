@@ -127,10 +127,10 @@ def fill_number(page, label: str, value: float | int, scope=None) -> None:
 
 def open_expander(page, label: str, scope=None) -> None:
     """Open the expander titled `label` unless it is open already (a click would close it)."""
-    details = (scope or page).locator("[data-testid='stExpander'] details").filter(
-        has=page.locator("summary", has_text=label)).first
+    summary = (scope or page).locator("[data-testid='stExpander'] summary").filter(has_text=label).first
+    details = summary.locator("xpath=..")  # expanders nest: match the title, not the outer block
     if details.get_attribute("open") is None:
-        details.locator("summary").first.click()
+        summary.click()
         page.wait_for_function("(d) => d.open", arg=details.element_handle())
         wait_idle(page)
 
