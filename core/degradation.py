@@ -207,7 +207,7 @@ def train_network(network: PlannedNetwork, config: DegradationConfig, data, devi
 
 
 def run_job(config: dict, ctx) -> None:
-    """The "degradation" job of core.jobs: train the four networks, keeping degradation.json current.
+    """Run the "degradation" job of core.jobs: train the four networks, keeping degradation.json current.
 
     The file contains the config, the plan (series and step offsets, written before training so
     the page can draw curves at once) and each finished network's numbers.

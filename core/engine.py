@@ -342,18 +342,16 @@ class _MetricRows:
 
     def __init__(self, group_names: list[str]) -> None:
         self.group_names = group_names
-        self.pending: list[tuple[int, int, torch.Tensor, dict[str, float]]] = []
+        self.pending: list[tuple[int, int, int, torch.Tensor, dict[str, float]]] = []
         self.images = 0
         self.started = time.perf_counter()
 
     def add(self, step: int, epoch: int, output: StepOutput, lrs: dict[str, float]) -> None:
-        # One small device tensor per step: [loss, correct, batch size, global norm, norm per group].
-        packed = torch.cat([
-            output.loss.view(1), output.correct.view(1).float(),
-            torch.tensor([float(output.batch_size)], device=output.loss.device),
-            output.grad_norm.view(1).float(), output.grad_norms.float(),
-        ])
-        self.pending.append((step, epoch, packed, lrs))
+        # One small device tensor per step: [loss, correct, global norm, norm per group]. The batch
+        # size stays on the host: building a tensor from it would copy to the GPU and synchronise.
+        packed = torch.cat([output.loss.view(1), output.correct.view(1).float(), output.grad_norm.view(1).float(),
+                            output.grad_norms.float()])
+        self.pending.append((step, epoch, output.batch_size, packed, lrs))
         self.images += output.batch_size
 
     def restart_clock(self) -> None:
@@ -364,11 +362,11 @@ class _MetricRows:
         """Return all pending rows as (step, metrics), with one device→host transfer."""
         if not self.pending:
             return []
-        values = torch.stack([packed for _, _, packed, _ in self.pending]).cpu().tolist()
+        values = torch.stack([packed for _, _, _, packed, _ in self.pending]).cpu().tolist()
         elapsed = time.perf_counter() - self.started
         rows = []
-        for (step, epoch, _, lrs), row in zip(self.pending, values):
-            loss, correct, batch_size, grad_norm, *group_norms = row
+        for (step, epoch, batch_size, _, lrs), row in zip(self.pending, values):
+            loss, correct, grad_norm, *group_norms = row
             metrics = {"loss": loss, "acc": correct / batch_size, "grad_norm": grad_norm, "epoch": epoch}
             for name, norm in zip(self.group_names, group_norms):
                 if not math.isnan(norm):
@@ -464,7 +462,8 @@ def fit(model: nn.Module, schedule, train_batches: Batches, val_batches: Iterabl
                 ctx.set_progress(state.step, schedule.total_steps)
                 last_progress = time.monotonic()
 
-        if stop_reason == STOP_COMPLETED:
+        if stop_reason in (STOP_COMPLETED, STOP_CANCELLED):
+            # The rest of the interval, also after a cancel, so the page shows every step taken.
             non_finite_step = _log_rows(ctx, rows.drain(), series, device)
             if non_finite_step is not None:
                 stop_reason = STOP_NON_FINITE
@@ -472,19 +471,25 @@ def fit(model: nn.Module, schedule, train_batches: Batches, val_batches: Iterabl
             break
 
         result = evaluate(model, val_batches, device, options.amp, options.channels_last)
-        if not math.isfinite(result.loss):
+        if result.count and not math.isfinite(result.loss):
             stop_reason, non_finite_step = STOP_NON_FINITE, state.step - 1
             break
-        ctx.log_metrics(state.step - 1, {"loss": result.loss, "acc": result.acc, "epoch": state.epoch}, val_series)
-        history.append({"epoch": state.epoch, "step": state.step - 1, "val_loss": result.loss, "val_acc": result.acc})
+        if result.count:
+            ctx.log_metrics(state.step - 1, {"loss": result.loss, "acc": result.acc, "epoch": state.epoch},
+                            val_series)
+            history.append({"epoch": state.epoch, "step": state.step - 1, "val_loss": result.loss,
+                            "val_acc": result.acc})
+        else:
+            logger.warning("epoch %d: the validation set is empty; early stopping and best weights are off",
+                           state.epoch)
 
         value = result.loss if stopping.monitor == "val_loss" else result.acc
-        improved = stopping.is_improvement(value, state.best_value)
+        improved = bool(result.count) and stopping.is_improvement(value, state.best_value)
         if improved:
             state.best_value, state.best_epoch = value, state.epoch
             state.epochs_without_improvement = 0
             best_state = _cpu_state(model)
-        else:
+        elif result.count:
             state.epochs_without_improvement += 1
         state.epoch += 1
         if on_epoch_end is not None:
@@ -524,7 +529,7 @@ class EpochBatches:
 
     A `TensorDataset` (data preprocessed once into memory) is sliced directly, which costs
     nothing per step. Any other map-style dataset goes through a DataLoader with these index
-    batches. Under DDP each process takes its own slice of every epoch's permutation; with
+    batches. Under DDP each process takes its own slice of every epoch's permutation. With
     `drop_last=True` (training) every process gets the same number of full batches, as DDP
     requires.
     """
@@ -780,10 +785,10 @@ def _wrap_ddp(model: nn.Module, device: torch.device, schedule: Schedule) -> nn.
 def _resume(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer):
     """Load the last epoch's weights, counters and optimizer state; (None, None) to start over.
 
-    The epoch-end files are written in the order last weights, best weights, optimizer state.
-    A process killed in between leaves the newer weights with older companions, so the counters
-    come from the last weights' own metadata; the optimizer state is used only when it belongs
-    to the same step; and when the last epoch was the best, its weights are the best ones.
+    The epoch-end files are written in the order last weights, best weights, optimizer state,
+    and a process killed in between leaves newer weights beside older files. So the counters
+    come from the last weights' own metadata. The optimizer state is used only when it belongs
+    to the same step. When the last epoch was the best, its weights are the best ones.
     """
     last = run_dir / checkpoints.LAST_FILE
     if not last.is_file():

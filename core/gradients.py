@@ -351,10 +351,11 @@ def compare(config: ResNetConfig, settings: ProbeSettings,
 # that fill it, so the text always describes the configuration on screen.
 
 GROWS, VANISHES, STEADY = "grows", "vanishes", "steady"
-RATIO_GROWS = 10.0  # first/last above this: the gradient grows toward the input
+RATIO_GROWS = 100.0  # first/last above this: the gradient grows toward the input
 RATIO_VANISHES = 0.01  # below this: it vanishes toward the input
 SIGNAL_EXPLODES = 10.0  # last block std over stem std
 SIGNAL_DIES = 0.1
+LOSS_EXPLODES = 10 * math.log(10)  # ten times the loss of a uniform guess over 10 classes
 
 
 @dataclass(frozen=True)
@@ -403,6 +404,9 @@ def layer_findings(config: ResNetConfig, results: dict[str, list[ProbeResult]], 
         if regime in (GROWS, VANISHES, STEADY):
             params["ratio"] = norms[0] / norms[-1]
         findings.append(Finding(f"grad.find_layers_{regime}", params))
+        if result.loss > LOSS_EXPLODES:
+            findings.append(Finding("grad.find_loss_explodes", {"net": variant, "loss": result.loss,
+                                                                 "largest": max(norms)}))
     findings.append(_regime_note(config, results, step))
     return findings
 

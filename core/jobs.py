@@ -535,7 +535,7 @@ class Store:
                 start_new_session=True, close_fds=True,
             )
         # Registered here as well as by the worker itself, so a second caller arriving before the
-        # worker has imported torch sees it alive and does not start another one.
+        # worker has imported torch finds it alive and does not start another one.
         self.register_worker(process.pid, device)
         logger.info("worker %d started for device %s", process.pid, device)
         return process.pid
@@ -543,7 +543,7 @@ class Store:
 
 @dataclass
 class JobContext:
-    """The system as a job function sees it: where to write, what to report, when to stop.
+    """The job function's view of the system: where to write, what to report, when to stop.
 
     Metrics and progress are handed to a writer thread that stores them every METRICS_FLUSH_S,
     so the training loop never waits for SQLite. `close()` (the worker calls it when the job

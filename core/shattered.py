@@ -15,7 +15,7 @@ We report, for the residual network and its plain twin:
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -108,7 +108,7 @@ def shattered(config: ResNetConfig, settings: ProbeSettings, num_points: int = D
     """
     validate(config)
     settings.validate()
-    images, labels = probe_batches(settings.__class__(**{**asdict(settings), "steps": 0}), config)[0]
+    images, labels = probe_batches(replace(settings, steps=0), config)[0]
     start, end = images[0], images[1]
     output_index = int(labels[0])
     max_lag = min(max_lag, num_points - 1)

@@ -217,7 +217,15 @@ def _signal_chart(results: dict[str, list[ProbeResult]], shown: list[str], step:
     st.plotly_chart(figure, key="grad_signal_chart")
 
 
+def _log_norm_range(results: dict[str, list[ProbeResult]], shown: list[str]) -> tuple[float | None, float | None]:
+    """Return one colour range for every heatmap, so the two networks compare at a glance."""
+    logs = [math.log10(result.param_grad_norm[name]) for variant in shown for result in results[variant]
+            if not result.diverged for name in result.main_path if result.param_grad_norm[name] > 0]
+    return (min(logs), max(logs)) if logs else (None, None)
+
+
 def _heatmaps(results: dict[str, list[ProbeResult]], shown: list[str]) -> None:
+    zmin, zmax = _log_norm_range(results, shown)
     columns = st.columns(len(shown))
     for column, variant in zip(columns, shown):
         finite = [result for result in results[variant] if not result.diverged]
@@ -230,7 +238,8 @@ def _heatmaps(results: dict[str, list[ProbeResult]], shown: list[str]) -> None:
         figure = go.Figure(go.Heatmap(z=z, x=[result.step for result in finite], y=list(range(1, len(layers) + 1)),
                                       customdata=[[name] * len(finite) for name in layers],
                                       hovertemplate="%{customdata}<br>%{x}: 10^%{z:.2f}",
-                                      colorscale="Viridis", colorbar={"title": {"text": t("grad.colorbar")}}))
+                                      zmin=zmin, zmax=zmax, colorscale="Viridis",
+                                      colorbar={"title": {"text": t("grad.colorbar")}}))
         figure.update_layout(title=t("grad.heatmap_title", net=t(f"grad.net_{variant}")), height=420,
                              margin={"t": 50, "b": 40})
         figure.update_xaxes(title=t("grad.axis_step"), dtick=1)
@@ -416,13 +425,16 @@ def _loss_chart(run_id: str, plan: dict) -> None:
         rows = rows.sort_values("step")
         variant, depth = series.split("-")
         smoothed = rows["loss"].rolling(SMOOTHING_STEPS, min_periods=1).mean()
-        figure.add_trace(go.Scatter(x=rows["step"] - offset, y=smoothed, mode="lines",
+        figure.add_trace(go.Scatter(x=rows["step"] - offset, y=smoothed, mode="lines", showlegend=True,
                                     name=t(f"grad.series_{variant}", depth=depth),
                                     line={"color": COLOURS[variant],
                                           "dash": "solid" if int(depth) == max(plan["config"]["depths"]) else "dot"}))
+    figure.add_hline(y=math.log(10), line={"dash": "dash", "color": "#888888"},
+                     annotation_text=t("grad.chance_level"))
     figure.update_layout(title=t("grad.deg_chart_title"), height=420, margin={"t": 50, "b": 40},
                          legend={"orientation": "h"})
-    figure.update_xaxes(title=t("grad.axis_train_step"))
+    steps_per_network = sorted(offsets.values())[1] if len(offsets) > 1 else None
+    figure.update_xaxes(title=t("grad.axis_train_step"), range=[0, steps_per_network] if steps_per_network else None)
     figure.update_yaxes(title=t("grad.axis_train_loss"))
     st.plotly_chart(figure, key="grad_deg_chart")
     st.caption(t("grad.deg_smoothing", window=SMOOTHING_STEPS))

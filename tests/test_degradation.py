@@ -118,7 +118,8 @@ class TestJob:
         assert [entry["series"] for entry in summary["plan"]] == SERIES
         for entry in summary["networks"].values():
             assert entry["stop_reason"] == "completed"
-            assert math.isfinite(entry["train_loss"]) and math.isfinite(entry["last_epoch_loss"])
+            assert math.isfinite(entry["train_loss"])
+            assert math.isfinite(entry["last_epoch_loss"])
 
         metrics = store.metrics(run_id)
         for index, series in enumerate(SERIES):

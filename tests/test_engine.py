@@ -93,7 +93,7 @@ def test_digits_training_learns(digits_run):
     assert context.message[0] == "train.msg_completed"
 
 
-def test_every_step_logged_with_schedule_lrs_and_group_norms(digits_run):
+def test_every_step_logged(digits_run):
     run_dir, context, _ = digits_run
     schedule = Schedule.from_dict(checkpoints.read_run_config(run_dir)["schedule"])
     train_rows = context.series("train")
@@ -277,7 +277,8 @@ def test_huge_learning_rate_is_caught_and_explained(tmp_path):
     steps_per_epoch = Schedule.from_dict(checkpoints.read_run_config(tmp_path)["schedule"]).steps_per_epoch
     assert error.value.params["step"] >= steps_per_epoch
     assert error.value.params["checkpoint"] == "epoch 0"
-    assert "LR" in str(error.value) and "gradient clipping" in str(error.value)
+    assert "LR" in str(error.value)
+    assert "gradient clipping" in str(error.value)
     last_good = checkpoints.load_weights(tmp_path / checkpoints.LAST_FILE)
     assert all(torch.isfinite(t.float()).all() for t in last_good.values())
     assert torch.equal(checkpoints.load_weights(tmp_path / checkpoints.MODEL_FILE)["conv1.weight"],
@@ -294,7 +295,7 @@ def test_cancel_stops_before_the_next_step():
                  ctx=context)
     assert result.stop_reason == STOP_CANCELLED
     assert result.state.step == 5
-    assert [step for step, _ in context.series("train")] == [0, 1, 2]  # the partial interval is not logged
+    assert [step for step, _ in context.series("train")] == [0, 1, 2, 3, 4]  # the partial interval too
 
 
 def test_out_of_memory_becomes_message_with_smaller_batch(tmp_path):
@@ -413,3 +414,16 @@ def test_killed_worker_is_interrupted_then_resumes(store):
     assert sorted(steps) == list(range(total))  # nothing lost, nothing logged twice
     assert store.metrics(run_id, series="val")["epoch"].tolist() == list(range(epochs))
     assert "resumes at epoch" in (store.root / jobs.WORKER_LOG).read_text()
+
+
+def test_empty_validation_set_trains_without_early_stopping():
+    images, labels = tiny_data()
+    model = tiny_model()
+    batches = EpochBatches(torch.utils.data.TensorDataset(images, labels), 16, shuffle=True, drop_last=True)
+    empty = EpochBatches(torch.utils.data.TensorDataset(images[:0], labels[:0]), 16, shuffle=False)
+    options = TrainOptions(early_stopping=EarlyStopping(patience=1))
+    result = fit(model, tiny_schedule(model, batches, epochs=3), batches, empty, CPU, options)
+    assert result.stop_reason == "completed"
+    assert result.state.epoch == 3
+    assert result.history == []
+    assert not result.restored_best

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import LabError
-from core.gradients import STEM, ProbeSettings, compare, probe, probe_batches, probe_steps
+from core.gradients import (STEM, ProbeSettings, compare, layer_findings, probe, probe_batches, probe_steps,
+                            signal_findings, step_findings)
 from core.models import build_resnet, cifar_config, imagenet_config
 from core.shattered import lag_correlation, shattered
 
@@ -194,7 +195,7 @@ class TestFactsWithBatchNorm:
 
 class TestFactsWithoutBatchNorm:
     @DATA
-    def test_plain_default_init_loses_the_gradient_at_the_first_layers(self, data):
+    def test_plain_default_init_vanishes(self, data):
         result = _step0(cifar_config(20, skip=False, batch_norm=False, init="default"), data)
         norms = result.main_path_norms()
         assert norms[0] < 1e-5 * norms[-1]  # measured 4.9e-7 (digits), 1.5e-7 (noise)
@@ -234,13 +235,13 @@ class TestZeroGamma:
         settings = ProbeSettings(batch_size=16, data="noise", steps=1)
         return probe_steps(build_resnet(config, seed=0), probe_batches(settings, config), settings)
 
-    def test_every_branch_weight_before_the_zero_gamma_gets_exactly_zero(self, steps):
+    def test_branch_weights_get_exact_zero(self, steps):
         step0 = steps[0].param_grad_norm
         inside = [n for n in step0 if ".conv" in n or ".bn1." in n]
         assert len(inside) == 9 * 4  # 9 blocks × (conv1, bn1.weight, bn1.bias, conv2)
         assert all(step0[n] == 0.0 for n in inside)
 
-    def test_the_zero_gamma_and_its_beta_do_get_gradient(self, steps):
+    def test_zeroed_bn_gets_gradient(self, steps):
         step0 = steps[0].param_grad_norm
         assert all(step0[f"layer{s}.{b}.bn2.{p}"] > 0 for s in (1, 2, 3) for b in range(3) for p in ("weight", "bias"))
 
@@ -260,7 +261,7 @@ class TestZeroGamma:
 
 
 class TestDivergence:
-    def test_deep_residual_without_bn_diverges_within_a_few_steps(self):
+    def test_residual_without_bn_diverges(self):
         config = cifar_config(56, batch_norm=False, init="he")
         settings = ProbeSettings(batch_size=8, data="noise", steps=4, lr=0.1)
         results = compare(config, settings)
@@ -298,3 +299,45 @@ class TestShatteredGradients:
         plain = results["plain"].neighbour_correlation  # measured 0.00
         assert residual > 0.5
         assert abs(plain) < 0.1
+
+
+class TestFindings:
+    """The sentences under each chart: which catalog key, filled with which measured value."""
+
+    def test_deep_bn_twins(self):
+        config = cifar_config(56)
+        results = compare(config, ProbeSettings(batch_size=8, data="noise"))
+        findings = layer_findings(config, results)
+        assert [f.key for f in findings] == ["grad.find_layers_steady", "grad.find_layers_grows", "grad.note_bn"]
+        assert findings[1].params["ratio"] == pytest.approx(results["plain"][0].first_last_ratio)
+        assert findings[2].params["depth"] == 56
+
+    def test_zero_gamma_note_counts_the_zeroed_branches(self):
+        config = cifar_config(8, init="zero_gamma")
+        results = compare(config, ProbeSettings(batch_size=8, data="noise", steps=1))
+        at_start = layer_findings(config, results, step=0)[-1]
+        after_one = layer_findings(config, results, step=1)[-1]
+        assert at_start.key == "grad.note_zero_gamma"
+        assert at_start.params["zero"] == at_start.params["total"] == 6
+        assert after_one.params["zero"] == 0
+        signal = signal_findings(config, results)
+        assert signal[1].key == "grad.find_signal_dead"  # the plain twin
+
+    def test_exploding_residual_without_bn(self):
+        config = cifar_config(56, batch_norm=False)
+        settings = ProbeSettings(batch_size=8, data="noise", steps=2)
+        results = compare(config, settings)
+        keys = [f.key for f in layer_findings(config, results)]
+        assert keys == ["grad.find_layers_steady", "grad.find_loss_explodes", "grad.find_layers_steady",
+                        "grad.note_he_no_bn"]
+        assert layer_findings(config, results, step=1)[0].key == "grad.find_diverged"
+        assert step_findings(results, settings)[0].key == "grad.find_steps_diverged"
+        assert step_findings(results, settings)[1].key == "grad.find_steps"
+
+    def test_plain_default_init_regime(self):
+        config = cifar_config(56, batch_norm=False, init="default")
+        results = compare(config, ProbeSettings(batch_size=8, data="noise"))
+        findings = layer_findings(config, results)
+        assert findings[1].key == "grad.find_layers_zero_first"
+        assert findings[-1].key == "grad.note_default_init"
+        assert findings[-1].params["plain_first"] == 0.0

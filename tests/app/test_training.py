@@ -137,7 +137,7 @@ def test_interrupted_run_offers_resume(store):
     store.cancel(run_id)
 
 
-def test_bad_run_id_in_url_is_an_error_not_a_traceback(store):
+def test_bad_run_id_shows_error(store):
     at = open_page(PAGE, "en")
     at.query_params["run"] = "../../etc/passwd"
     at.run()

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect
 
 from core.i18n import translate
 
@@ -107,6 +108,7 @@ def select_option(page, label: str, option: str, scope=None) -> None:
     box = (scope or page).locator("[data-testid='stSelectbox']").filter(has_text=label).first
     box.click()
     page.get_by_role("option", name=option, exact=True).click()
+    expect(box.locator("input[role='combobox']")).to_have_value(option, timeout=TIMEOUT_MS)
     wait_idle(page)
 
 
@@ -182,7 +184,12 @@ def full_screenshot(page, name: str) -> Path:
         "'[data-testid=\"stMain\"], [data-testid=\"stAppViewContainer\"], [data-testid=\"stSidebarContent\"]')]"
         ".map(e => e.scrollHeight), document.documentElement.scrollHeight)")
     page.set_viewport_size({"width": size["width"], "height": min(max(height, size["height"]), MAX_SHOT_HEIGHT)})
-    page.wait_for_timeout(800)  # charts redraw at the new size
+    # Charts redraw at the new size; a fragment polling a run may be redrawing them as well.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-stale=\"false\"] .js-plotly-plot')]"
+        ".every(p => { const s = p.querySelector('.main-svg'); return s && s.getBoundingClientRect().width > 0; })",
+        timeout=10_000)
+    page.wait_for_timeout(1_500)
     try:
         return screenshot(page, name)
     finally:

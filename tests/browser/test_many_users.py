@@ -15,26 +15,21 @@ import time
 import pytest
 
 from core import jobs
-from core.models import cifar_config
 from tests.browser.helpers import full_screenshot, log_offset, new_log_problems
-from tests.browser.users import close_sessions, choose_networks, explore, isolation_problems, make_students, open_sessions
+from tests.browser.users import (
+    background_run_config,
+    choose_networks,
+    close_sessions,
+    explore,
+    isolation_problems,
+    make_students,
+    open_sessions,
+)
 
 STUDENTS = 10
 ROUNDS = 3  # pages each student visits besides Arquitectura; tours are staggered, so all pages are hit
 EXPLORE_BUDGET_S = 240  # no new round starts after this
 RUN_START_TIMEOUT_S = 120
-
-
-def background_run_config(epochs: int) -> dict:
-    """A run long enough to outlast the test (it is cancelled at the end): ResNet-8 on the digits."""
-    return {
-        "architecture": cifar_config(8).to_dict(),
-        "schedule": None,
-        "epochs": epochs,
-        "data": {"source": "digits"},
-        "weights": {"kind": "none"},
-        "train": {"batch_size": 32, "log_every_steps": 1, "early_stopping": {"patience": None}},
-    }
 
 
 def wait_until_running(store: jobs.Store, run_id: str, timeout_s: float) -> None:

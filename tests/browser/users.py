@@ -62,6 +62,21 @@ class Student:
         return list(TOUR[start:] + TOUR[:start])
 
 
+def background_run_config(epochs: int) -> dict:
+    """A training run for students to explore around: CIFAR ResNet-8 on the embedded digits.
+
+    Early stopping is off, so it trains for all `epochs` unless cancelled.
+    """
+    return {
+        "architecture": cifar_config(8).to_dict(),
+        "schedule": None,
+        "epochs": epochs,
+        "data": {"source": "digits"},
+        "weights": {"kind": "none"},
+        "train": {"batch_size": 32, "log_every_steps": 1, "early_stopping": {"patience": None}},
+    }
+
+
 def make_students(count: int) -> list[Student]:
     """`count` students with pairwise different settings: language alternates, depth differs."""
     choices = [("imagenet", depth) for depth in IMAGENET_DEPTHS] + [("cifar", depth) for depth in CIFAR_PRESET_DEPTHS[:-1]]
