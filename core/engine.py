@@ -738,10 +738,13 @@ def _train_run(config: dict, ctx, run_dir, device: torch.device, options: TrainO
         wrapped = _wrap_ddp(model, device, schedule)
 
     def save_epoch(fit_state: FitState, improved: bool) -> None:
-        # The weights carry their loop counters, so a resume trusts them first; see _resume
-        # for a process killed between these writes.
+        # Metrics are stored before the checkpoint: a resume redoes only the steps after it, so
+        # rows still buffered when the process dies would be lost for good. The weights carry
+        # their loop counters, so a resume trusts them first (see _resume).
         if not writer:
             return
+        if hasattr(ctx, "flush"):
+            ctx.flush()
         counters = json.dumps(fit_state.to_dict())
         checkpoints.save_weights(model, run_dir / checkpoints.LAST_FILE, metadata={"counters": counters})
         if improved:

@@ -112,6 +112,21 @@ def select_option(page, label: str, option: str, scope=None) -> None:
     wait_idle(page)
 
 
+def add_to_multiselect(page, label: str, option: str, scope=None) -> None:
+    """Add `option` to the multiselect labelled `label` (no-op when it is already chosen)."""
+    box = (scope or page).locator("[data-testid='stMultiSelect']").filter(has_text=label).first
+    chip = box.locator(".react-aria-ComboBox [data-tag]").filter(has_text=option)
+    if chip.count():
+        return
+    field = box.locator("input").first
+    field.click()
+    field.fill(option)  # filters the list, so the option is drawn even when the list scrolls
+    page.get_by_role("option", name=option, exact=True).click()
+    chip.first.wait_for(timeout=TIMEOUT_MS)
+    page.keyboard.press("Escape")
+    wait_idle(page)
+
+
 def choose_radio(page, option: str, scope=None) -> None:
     """Click the radio button labelled `option` (inside `scope`, default the whole page)."""
     (scope or page).locator("[data-testid='stRadio'] label").filter(has_text=option).first.click()

@@ -26,6 +26,7 @@ from core import jobs, tta
 from core.glossary import TERMS, search
 from tests.browser.helpers import (
     TIMEOUT_MS,
+    add_to_multiselect,
     assert_no_errors,
     choose_radio,
     fill_number,
@@ -356,17 +357,10 @@ def step_tta(page, lang: str, run_id: str, digit: Path) -> None:
     uploader.locator("input[type='file']").set_input_files(str(digit))
     wait_idle(page)
 
-    views = body.locator("[data-testid='stMultiSelect']").filter(has_text=tr(lang, "tta.views_label")).first
     for family in tta.VIEW_FAMILIES:
         label = tr(lang, f"tta.family_{family}", scales=", ".join(f"×{s:g}" for s in tta.SCALE_FACTORS),
                    angles=", ".join(f"{a:+g}" for a in tta.ROTATION_DEGREES))
-        if views.get_by_text(label, exact=True).count():
-            continue  # already chosen (identity and hflip are the defaults)
-        views.click()
-        page.get_by_role("option", name=label, exact=True).click()
-        wait_idle(page)
-    page.keyboard.press("Escape")
-    wait_idle(page)
+        add_to_multiselect(page, tr(lang, "tta.views_label"), label, scope=body)
 
     expected_views = len(tta.batch_views(tta.VIEW_FAMILIES))
     body.get_by_text(tr(lang, "tta.metric_tta"), exact=True).first.wait_for(timeout=TIMEOUT_MS)
