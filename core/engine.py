@@ -876,21 +876,23 @@ def _report_outcome(ctx, result: FitResult, schedule, options: TrainOptions) -> 
     """Tell the user why the run ended: a message on the run, or a LabError for a failure."""
     state, monitor = result.state, options.early_stopping.monitor
     best = "-" if state.best_value is None else f"{state.best_value:.4f}"
+    # FitState counts epochs from 0; people and the charts count them from 1.
+    best_epoch_shown = None if state.best_epoch is None else state.best_epoch + 1
     set_message = getattr(ctx, "set_message", None) or (lambda key, **params: None)
 
     if result.stop_reason == STOP_NON_FINITE:
         step = result.non_finite_step if result.non_finite_step is not None else state.step
         lr = max(schedule.lr(group, min(max(step, 0), schedule.total_steps - 1)) for group in schedule.group_names)
-        checkpoint = (f"epoch {state.best_epoch}" if result.restored_best else "-")
+        checkpoint = (f"epoch {best_epoch_shown}" if result.restored_best else "-")
         raise LabError("train.err_nonfinite", step=step, lr=f"{lr:.2e}", checkpoint=checkpoint)
     if result.stop_reason == STOP_EARLY:
-        set_message("train.msg_early_stop", epoch=state.epoch - 1, monitor=monitor,
-                    patience=options.early_stopping.patience, best_epoch=state.best_epoch, best_value=best)
+        set_message("train.msg_early_stop", epoch=state.epoch, monitor=monitor,
+                    patience=options.early_stopping.patience, best_epoch=best_epoch_shown, best_value=best)
     elif result.stop_reason == STOP_CANCELLED:
         if state.best_epoch is None:
             set_message("train.msg_cancelled_no_epoch", step=state.step)
         else:
-            set_message("train.msg_cancelled", step=state.step, best_epoch=state.best_epoch)
+            set_message("train.msg_cancelled", step=state.step, best_epoch=best_epoch_shown)
     else:
-        set_message("train.msg_completed", epochs=state.epoch, best_epoch=state.best_epoch, monitor=monitor,
+        set_message("train.msg_completed", epochs=state.epoch, best_epoch=best_epoch_shown, monitor=monitor,
                     best_value=best)

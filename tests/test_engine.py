@@ -276,7 +276,7 @@ def test_huge_learning_rate_is_caught_and_explained(tmp_path):
     assert error.value.key == "train.err_nonfinite"
     steps_per_epoch = Schedule.from_dict(checkpoints.read_run_config(tmp_path)["schedule"]).steps_per_epoch
     assert error.value.params["step"] >= steps_per_epoch
-    assert error.value.params["checkpoint"] == "epoch 0"
+    assert error.value.params["checkpoint"] == "epoch 1"  # shown to people counting from 1
     assert "LR" in str(error.value)
     assert "gradient clipping" in str(error.value)
     last_good = checkpoints.load_weights(tmp_path / checkpoints.LAST_FILE)

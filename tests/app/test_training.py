@@ -104,7 +104,7 @@ def test_new_session_reattaches_to_finished_run(store, finished_run, lang):
     history = at.dataframe[-1].value
     assert finished_run in history[translate(lang, "train.col_id")].tolist()
     message = [text for text in texts(at.info) if text.startswith(translate(lang, "train.msg_completed", epochs=1,
-                                                                              best_epoch=0, monitor="val_loss",
+                                                                              best_epoch=1, monitor="val_loss",
                                                                               best_value="")[:20])]
     assert message
 
