@@ -7,10 +7,10 @@ locales/ does not break a test, while a raw key or the wrong language on the pag
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from playwright.sync_api import expect
 
 from core.i18n import translate
 
@@ -103,43 +103,75 @@ def main(page):
     return page.locator("[data-testid='stMain']")
 
 
+def act_until(page, act, check, what: str, attempts: int = 3) -> None:
+    """Do `act` until `check()` holds once the app is idle again.
+
+    A click that lands while a rerun is still redrawing the page can be lost (the widget is
+    replaced under it, with its old value), so every widget helper checks its own effect.
+    """
+    for _ in range(attempts):
+        act()
+        deadline = time.monotonic() + 15
+        while not check() and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+        wait_idle(page)
+        page.wait_for_timeout(300)  # a rerun that was about to start has started by now
+        wait_idle(page)
+        if check():
+            return
+    raise AssertionError(f"{what}: no effect after {attempts} attempts")
+
+
 def select_option(page, label: str, option: str, scope=None) -> None:
     """Pick `option` in the selectbox labelled `label`."""
     box = (scope or page).locator("[data-testid='stSelectbox']").filter(has_text=label).first
-    box.click()
-    page.get_by_role("option", name=option, exact=True).click()
-    expect(box.locator("input[role='combobox']")).to_have_value(option, timeout=TIMEOUT_MS)
-    wait_idle(page)
+    field = box.locator("input[role='combobox']")
+
+    def act() -> None:
+        box.click()
+        page.get_by_role("option", name=option, exact=True).click()
+
+    act_until(page, act, lambda: field.input_value() == option, f"select {option!r} in {label!r}")
 
 
 def add_to_multiselect(page, label: str, option: str, scope=None) -> None:
     """Add `option` to the multiselect labelled `label` (no-op when it is already chosen)."""
     box = (scope or page).locator("[data-testid='stMultiSelect']").filter(has_text=label).first
     chip = box.locator(".react-aria-ComboBox [data-tag]").filter(has_text=option)
-    if chip.count():
-        return
     field = box.locator("input").first
-    field.click()
-    field.fill(option)  # filters the list, so the option is drawn even when the list scrolls
-    page.get_by_role("option", name=option, exact=True).click()
-    chip.first.wait_for(timeout=TIMEOUT_MS)
-    page.keyboard.press("Escape")
-    wait_idle(page)
+
+    def act() -> None:
+        field.click()
+        field.fill(option)  # filters the list, so the option is drawn even when the list scrolls
+        page.get_by_role("option", name=option, exact=True).click()
+        page.keyboard.press("Escape")
+
+    if chip.count() == 0:
+        act_until(page, act, lambda: chip.count() == 1, f"add {option!r} to {label!r}")
 
 
 def choose_radio(page, option: str, scope=None) -> None:
     """Click the radio button labelled `option` (inside `scope`, default the whole page)."""
-    (scope or page).locator("[data-testid='stRadio'] label").filter(has_text=option).first.click()
-    wait_idle(page)
+    label = (scope or page).locator("[data-testid='stRadio'] label").filter(has_text=option).first
+    act_until(page, label.click, lambda: label.locator("input").is_checked(), f"choose {option!r}")
 
 
 def fill_number(page, label: str, value: float | int, scope=None) -> None:
     """Type `value` into the number input labelled `label` and commit it with Enter."""
     box = (scope or page).locator("[data-testid='stNumberInput']").filter(has_text=label).first
     field = box.locator("input")
-    field.fill(str(value))
-    field.press("Enter")
-    wait_idle(page)
+
+    def act() -> None:
+        field.fill(str(value))
+        field.press("Enter")
+
+    def check() -> bool:
+        try:
+            return float(field.input_value()) == float(value)
+        except ValueError:
+            return False
+
+    act_until(page, act, check, f"type {value} into {label!r}")
 
 
 def open_expander(page, label: str, scope=None) -> None:
