@@ -1,6 +1,6 @@
 """The message catalog: one per language, split into one JSON file per section under locales/.
 
-A full key is "<section>.<key>", where the section is the file's stem (locales/es/arch.json holds
+A full key is "<section>.<key>", where the section is the file's stem (locales/es/arch.json contains
 the "arch.*" keys). Both languages must have the same keys; tests/test_i18n.py checks it.
 """
 

@@ -15,6 +15,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from core.i18n import translate
 
 TIMEOUT_MS = 90_000  # one Streamlit script run on a loaded two-core machine can take this long
+ACTION_TIMEOUT_MS = 15_000  # one click or keystroke; a widget helper retries a lost one
 EXCEPTION = "[data-testid='stException']"
 ALERT_ERROR = "[data-testid='stAlertContentError']"
 NAV_LINK = "[data-testid='stSidebarNav'] a[data-testid='stSidebarNavLink']"
@@ -110,7 +111,11 @@ def act_until(page, act, check, what: str, attempts: int = 3) -> None:
     replaced under it, with its old value), so every widget helper checks its own effect.
     """
     for _ in range(attempts):
-        act()
+        try:
+            act()
+        except PlaywrightTimeout:  # e.g. a dropdown that closed again because the page redrew
+            wait_idle(page)
+            continue
         deadline = time.monotonic() + 15
         while not check() and time.monotonic() < deadline:
             page.wait_for_timeout(200)
@@ -128,8 +133,8 @@ def select_option(page, label: str, option: str, scope=None) -> None:
     field = box.locator("input[role='combobox']")
 
     def act() -> None:
-        box.click()
-        page.get_by_role("option", name=option, exact=True).click()
+        box.click(timeout=ACTION_TIMEOUT_MS)
+        page.get_by_role("option", name=option, exact=True).click(timeout=ACTION_TIMEOUT_MS)
 
     act_until(page, act, lambda: field.input_value() == option, f"select {option!r} in {label!r}")
 
@@ -141,9 +146,9 @@ def add_to_multiselect(page, label: str, option: str, scope=None) -> None:
     field = box.locator("input").first
 
     def act() -> None:
-        field.click()
+        field.click(timeout=ACTION_TIMEOUT_MS)
         field.fill(option)  # filters the list, so the option is drawn even when the list scrolls
-        page.get_by_role("option", name=option, exact=True).click()
+        page.get_by_role("option", name=option, exact=True).click(timeout=ACTION_TIMEOUT_MS)
         page.keyboard.press("Escape")
 
     if chip.count() == 0:
@@ -153,7 +158,7 @@ def add_to_multiselect(page, label: str, option: str, scope=None) -> None:
 def choose_radio(page, option: str, scope=None) -> None:
     """Click the radio button labelled `option` (inside `scope`, default the whole page)."""
     label = (scope or page).locator("[data-testid='stRadio'] label").filter(has_text=option).first
-    act_until(page, label.click, lambda: label.locator("input").is_checked(), f"choose {option!r}")
+    act_until(page, lambda: label.click(timeout=ACTION_TIMEOUT_MS), lambda: label.locator("input").is_checked(), f"choose {option!r}")
 
 
 def fill_number(page, label: str, value: float | int, scope=None) -> None:
@@ -162,7 +167,7 @@ def fill_number(page, label: str, value: float | int, scope=None) -> None:
     field = box.locator("input")
 
     def act() -> None:
-        field.fill(str(value))
+        field.fill(str(value), timeout=ACTION_TIMEOUT_MS)
         field.press("Enter")
 
     def check() -> bool:
