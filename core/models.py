@@ -204,6 +204,16 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
 
+def _close_block(block: nn.Module, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Scale the branch (Fixup), add the shortcut unless the block is plain, then the last ReLU."""
+    if block.branch_scale is not None:
+        branch = branch * block.branch_scale
+    if block.skip:
+        identity = x if block.downsample is None else block.downsample(x)
+        branch = branch + identity
+    return block.relu(branch)
+
+
 def _norm(channels: int, batch_norm: bool) -> nn.Module:
     return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
 
@@ -234,18 +244,9 @@ class BasicBlock(nn.Module):
         return [self.conv1, self.conv2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x
-
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if self.branch_scale is not None:
-            out = out * self.branch_scale
-
-        if self.skip:
-            if self.downsample is not None:
-                identity = self.downsample(x)
-            out = out + identity
-        return self.relu(out)
+        return _close_block(self, out, x)
 
 
 class Bottleneck(nn.Module):
@@ -277,19 +278,10 @@ class Bottleneck(nn.Module):
         return [self.conv1, self.conv2, self.conv3]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x
-
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if self.branch_scale is not None:
-            out = out * self.branch_scale
-
-        if self.skip:
-            if self.downsample is not None:
-                identity = self.downsample(x)
-            out = out + identity
-        return self.relu(out)
+        return _close_block(self, out, x)
 
 
 class ResNet(nn.Module):
