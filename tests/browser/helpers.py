@@ -104,6 +104,19 @@ def main(page):
     return page.locator("[data-testid='stMain']")
 
 
+def widget(page, testid: str, label: str, scope=None):
+    """The first widget of kind `testid` (e.g. "stSelectbox") whose label is exactly `label`."""
+    exact = page.locator("[data-testid='stWidgetLabel']", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$"))
+    return (scope or page).locator(f"[data-testid='{testid}']").filter(has=exact).first
+
+
+def button(page, text: str, scope=None):
+    """The first Streamlit button showing exactly `text` (Streamlit's own icons are also
+    buttons, with English names such as "Open", so a role lookup is ambiguous)."""
+    exact = re.compile(rf"^\s*{re.escape(text)}\s*$")
+    return (scope or page).locator("[data-testid^='stBaseButton']").filter(has_text=exact).first
+
+
 def act_until(page, act, check, what: str, attempts: int = 3) -> None:
     """Do `act` until `check()` holds once the app is idle again.
 
@@ -129,7 +142,7 @@ def act_until(page, act, check, what: str, attempts: int = 3) -> None:
 
 def select_option(page, label: str, option: str, scope=None) -> None:
     """Pick `option` in the selectbox labelled `label`."""
-    box = (scope or page).locator("[data-testid='stSelectbox']").filter(has_text=label).first
+    box = widget(page, "stSelectbox", label, scope)
     field = box.locator("input[role='combobox']")
 
     def act() -> None:
@@ -141,7 +154,7 @@ def select_option(page, label: str, option: str, scope=None) -> None:
 
 def add_to_multiselect(page, label: str, option: str, scope=None) -> None:
     """Add `option` to the multiselect labelled `label` (no-op when it is already chosen)."""
-    box = (scope or page).locator("[data-testid='stMultiSelect']").filter(has_text=label).first
+    box = widget(page, "stMultiSelect", label, scope)
     chip = box.locator(".react-aria-ComboBox [data-tag]").filter(has_text=option)
     field = box.locator("input").first
 
@@ -163,7 +176,7 @@ def choose_radio(page, option: str, scope=None) -> None:
 
 def fill_number(page, label: str, value: float | int, scope=None) -> None:
     """Type `value` into the number input labelled `label` and commit it with Enter."""
-    box = (scope or page).locator("[data-testid='stNumberInput']").filter(has_text=label).first
+    box = widget(page, "stNumberInput", label, scope)
     field = box.locator("input")
 
     def act() -> None:
@@ -263,3 +276,36 @@ def plot_traces(page, title: str) -> list[dict] | None:
         " const list = v => v == null ? null : Array.from(v);"
         " return plot._fullData.map(d => ({name: d.name, x: list(d.x), y: list(d.y), base: list(d.base)})); }",
         title)
+
+
+RAW_KEY = re.compile(r"\b(?:common|home|arch|grad|ft|train|tta|glossary|data|errors)\.[a-z0-9]+_[a-z0-9_]+\b")
+MIN_FOREIGN_CHUNK = 16  # shorter catalog fragments ("Época", "Modelo") prove nothing
+
+
+def _foreign_chunks(lang: str) -> dict[str, str]:
+    """Literal pieces of the other language's catalog that never appear in `lang`'s: chunk -> key."""
+    from core.i18n import LANGUAGES, load_catalog
+
+    own = load_catalog(lang)
+    own_text = "\n".join(own.values())
+    chunks = {}
+    for other in LANGUAGES:
+        if other == lang:
+            continue
+        for key, text in load_catalog(other).items():
+            if text == own.get(key):
+                continue
+            for piece in re.split(r"\{\w+\}|\*\*|`|\n", text):
+                piece = piece.strip(" .,:;·()")
+                if len(piece) >= MIN_FOREIGN_CHUNK and piece not in own_text:
+                    chunks[piece] = key
+    return chunks
+
+
+def translation_problems(page, lang: str) -> list[str]:
+    """Raw catalog keys, and text of the other language, visible in the page's main area or sidebar."""
+    text = "\n".join(page.locator("[data-testid='stMain'], [data-testid='stSidebar']").all_inner_texts())
+    problems = [f"raw catalog key {key!r}" for key in sorted(set(RAW_KEY.findall(text)))]
+    problems += [f"{chunk!r} (from {key}) on a page in {lang!r}"
+                 for chunk, key in _foreign_chunks(lang).items() if chunk in text]
+    return problems

@@ -1,10 +1,14 @@
 """The whole lesson in a real browser, in Spanish and in English, one session from start to end.
 
-home → Arquitectura (ResNet-34 against ResNet-50, then a ResNet-8 small enough to train here)
-→ Gradientes (residual against plain) → Fine-tuning (gradual unfreezing, two epochs)
-→ Entrenamiento (embedded digits: live charts move, a reload mid-run reattaches, a second run
-is queued and then cancelled while it trains) → TTA (the finished run on an uploaded digit,
-every view) → Glosario (search a term, follow its link).
+The steps, in order:
+- home;
+- Arquitectura: ResNet-34 against ResNet-50, then a ResNet-8 small enough to train here;
+- Gradientes: the residual network against its plain twin;
+- Fine-tuning: gradual unfreezing over two epochs;
+- Entrenamiento: two epochs on the embedded digits. The live charts move, a reload mid-run
+  reattaches, and a second run waits in the queue and is cancelled while it trains;
+- TTA: the finished run on an uploaded digit, with every view;
+- Glosario: search a term and follow its link.
 
 Every step leaves a screenshot test-artifacts/journey-<lang>-<step>.png for a person to look at.
 Pages are reached by clicking the sidebar, never by loading a URL, so the browser session and
@@ -28,6 +32,7 @@ from tests.browser.helpers import (
     TIMEOUT_MS,
     add_to_multiselect,
     assert_no_errors,
+    button,
     choose_radio,
     fill_number,
     open_expander,
@@ -43,7 +48,9 @@ from tests.browser.helpers import (
     sidebar,
     template_regex,
     tr,
+    translation_problems,
     wait_idle,
+    widget,
 )
 
 RESNET34_PARAMS = "21,797,672"  # torchvision resnet34(): sum of p.numel()
@@ -76,14 +83,16 @@ def digit_png(tmp_path) -> Path:
     return make_digit_png(tmp_path)
 
 
-def shot(page, lang: str, step: str) -> None:
+def shot(page, lang: str, step: str, problems: list[str]) -> None:
+    """Save the step's screenshot, and note raw catalog keys or other-language text on the page."""
     full_screenshot(page, f"journey-{lang}-{step}")
+    problems.extend(f"{step}: {problem}" for problem in translation_problems(page, lang))
 
 
 # --- steps -------------------------------------------------------------------------------------
 
 
-def step_home(page, base_url: str, lang: str) -> None:
+def step_home(page, base_url: str, lang: str, problems: list[str]) -> None:
     open_app(page, base_url)  # a student arrives without any parameter: Spanish first
     heading(page, tr("es", "home.path_header")).wait_for(timeout=TIMEOUT_MS)
     if lang == "en":
@@ -93,24 +102,24 @@ def step_home(page, base_url: str, lang: str) -> None:
     heading(page, tr(lang, "home.env_header")).wait_for(timeout=TIMEOUT_MS)
     sidebar(page).get_by_text(tr(lang, "common.sidebar_model", name="ResNet-18")).wait_for()
     assert_no_errors(page, "home")
-    shot(page, lang, "1-home")
+    shot(page, lang, "1-home", problems)
 
 
-def step_architecture(page, lang: str) -> None:
+def step_architecture(page, lang: str, problems: list[str]) -> None:
     go_to(page, lang, "architecture")
     side, body = sidebar(page), main(page)
     select_option(page, tr(lang, "arch.depth"), "ResNet-34", scope=side)
     heading(page, "ResNet-34").wait_for(timeout=TIMEOUT_MS)
     choose_radio(page, tr(lang, "arch.view_compare"), scope=body)
-    body.locator("[data-testid='stSelectbox']").filter(has_text=tr(lang, "arch.compare_with")).wait_for(
-        timeout=TIMEOUT_MS)
+    widget(page, "stSelectbox", tr(lang, "arch.compare_with"), body).wait_for(timeout=TIMEOUT_MS)
     select_option(page, tr(lang, "arch.compare_with"), "ResNet-50", scope=body)
     heading(page, tr(lang, "arch.compare_b", name="ResNet-50")).wait_for(timeout=TIMEOUT_MS)
     heading(page, tr(lang, "arch.compare_a", name="ResNet-34")).wait_for(timeout=TIMEOUT_MS)
     values = page.locator("[data-testid='stMetricValue']").all_inner_texts()
-    assert RESNET34_PARAMS in values and RESNET50_PARAMS in values, values
+    assert RESNET34_PARAMS in values, values
+    assert RESNET50_PARAMS in values, values
     assert_no_errors(page, "architecture: ResNet-34 vs ResNet-50")
-    shot(page, lang, "2-architecture-34-vs-50")
+    shot(page, lang, "2-architecture-34-vs-50", problems)
 
     # The network the rest of the lesson trains: CIFAR ResNet-8, small enough for a CPU.
     # Each change reruns the page; wait for its result before the next one, or the rerun
@@ -118,17 +127,16 @@ def step_architecture(page, lang: str) -> None:
     choose_radio(page, tr(lang, "arch.family_cifar"), scope=side)
     heading(page, "ResNet-20").wait_for(timeout=TIMEOUT_MS)
     select_option(page, tr(lang, "arch.cifar_depth"), tr(lang, "arch.cifar_custom"), scope=side)
-    side.locator("[data-testid='stNumberInput']").filter(has_text=tr(lang, "arch.cifar_n")).wait_for(
-        timeout=TIMEOUT_MS)
+    widget(page, "stNumberInput", tr(lang, "arch.cifar_n"), side).wait_for(timeout=TIMEOUT_MS)
     fill_number(page, tr(lang, "arch.cifar_n"), 1, scope=side)
     heading(page, "ResNet-8").wait_for(timeout=TIMEOUT_MS)
     side.get_by_text(tr(lang, "common.sidebar_model", name="ResNet-8")).wait_for(timeout=TIMEOUT_MS)
     assert RESNET8_PARAMS in page.locator("[data-testid='stMetricValue']").all_inner_texts()
     assert_no_errors(page, "architecture: ResNet-8")
-    shot(page, lang, "3-architecture-resnet8")
+    shot(page, lang, "3-architecture-resnet8", problems)
 
 
-def step_gradients(page, lang: str) -> None:
+def step_gradients(page, lang: str, problems: list[str]) -> None:
     go_to(page, lang, "gradients")
     body = main(page)
     labels = body.locator("[data-testid='stMetricLabel']")
@@ -140,7 +148,7 @@ def step_gradients(page, lang: str) -> None:
     traces = [trace["name"] for trace in plot_traces(page, chart_title) or []]
     assert traces == [tr(lang, "grad.net_residual"), tr(lang, "grad.net_plain")], traces
     assert_no_errors(page, "gradients")
-    shot(page, lang, "4-gradients")
+    shot(page, lang, "4-gradients", problems)
 
 
 def wait_for_gantt(page, lang: str, expected: dict[str, int]) -> None:
@@ -154,11 +162,11 @@ def wait_for_gantt(page, lang: str, expected: dict[str, int]) -> None:
 def apply_preset(page, lang: str, preset: str) -> None:
     body = main(page)
     select_option(page, tr(lang, "ft.preset"), tr(lang, f"ft.preset_{preset}"), scope=body)
-    body.get_by_role("button", name=tr(lang, "ft.apply_preset")).click()
+    button(page, tr(lang, "ft.apply_preset")).click()
     wait_idle(page)
 
 
-def step_finetuning(page, lang: str) -> None:
+def step_finetuning(page, lang: str, problems: list[str]) -> None:
     go_to(page, lang, "finetuning")
     body = main(page)
     body.get_by_text(tr(lang, "ft.intro", model="ResNet-8")).wait_for(timeout=TIMEOUT_MS)
@@ -169,18 +177,18 @@ def step_finetuning(page, lang: str) -> None:
     wait_for_gantt(page, lang, {"stem": 2, "layer1": 2, "layer2": 2, "layer3": 1, "head": 0})
     body.get_by_text(tr(lang, "ft.stored_for_training")).wait_for(timeout=TIMEOUT_MS)
     assert_no_errors(page, "fine-tuning: gradual unfreezing")
-    shot(page, lang, "5-finetuning-gradual-unfreezing")
+    shot(page, lang, "5-finetuning-gradual-unfreezing", problems)
 
     # NOTE: from random weights (no ImageNet weights offline) a frozen backbone learns next to
-    # nothing in two epochs: with the plan above the run ended at 13 % validation accuracy, chance
-    # being 10 % (see /work/e2e-findings.md). So the run below trains every group from step 0
-    # (full fine-tuning) at a from-scratch peak LR; with it two epochs reach about 90 %.
+    # nothing in two epochs: with the plan above a run ended at 13 % validation accuracy, chance
+    # being 10 %. So the run below trains every group from step 0 (full fine-tuning) at a
+    # from-scratch peak LR, which reached 93-97 % in two epochs here.
     apply_preset(page, lang, "full_finetuning")
     wait_for_gantt(page, lang, {"stem": 0, "layer1": 0, "layer2": 0, "layer3": 0, "head": 0})
     fill_number(page, tr(lang, "ft.lr_max"), SCRATCH_LR_MAX, scope=body)
     body.get_by_text(tr(lang, "ft.stored_for_training")).wait_for(timeout=TIMEOUT_MS)
     assert_no_errors(page, "fine-tuning: full fine-tuning")
-    shot(page, lang, "5b-finetuning-full")
+    shot(page, lang, "5b-finetuning-full", problems)
 
 
 def gantt_starts(page, lang: str) -> dict[str, int] | None:
@@ -200,7 +208,7 @@ def progress_state(page, lang: str) -> tuple[int, int] | None:
     match = template_regex(lang, "train.progress").search(bars.first.inner_text())
     if match is None:
         return None
-    total = match["total"]  # "?" until the run knows its length
+    total = match["total"]  # "?" until the run has reported its length
     return int(match["done"]), int(total) if total.isdigit() else 0
 
 
@@ -236,29 +244,26 @@ def status_text(lang: str, status: str) -> str:
 
 
 def wait_for_status(page, lang: str, run_id: str, status: str, timeout_s: float) -> None:
-    """Wait until the current-run block says `status` for `run_id` (the fragment redraws each second)."""
+    """Wait until the current-run block shows `status` for `run_id` (the fragment redraws each second)."""
     line = page.locator("[data-testid='stMarkdownContainer']").filter(has_text=run_id).filter(
         has_text=status_text(lang, status))
     line.first.wait_for(timeout=timeout_s * 1000)
 
 
-def open_run_from_history(page, lang: str, run_id: str) -> None:
-    select = page.locator("[data-testid='stSelectbox']").filter(has_text=tr(lang, "train.open_label")).first
-    select.click()
-    page.get_by_role("option").filter(has_text=run_id).first.click()
-    wait_idle(page)
-    page.get_by_role("button", name=tr(lang, "train.open"), exact=True).click()
+def open_run_from_history(page, lang: str, name: str, run_id: str) -> None:
+    select_option(page, tr(lang, "train.open_label"), f"{name} · {run_id}", scope=main(page))
+    button(page, tr(lang, "train.open")).click()
     page.wait_for_url(re.compile(rf"run={run_id}"), timeout=TIMEOUT_MS)
     wait_idle(page)
 
 
 def start_run(page, lang: str, name: str) -> str:
-    field = page.locator("[data-testid='stTextInput']").filter(has_text=tr(lang, "train.run_name")).locator("input")
+    field = widget(page, "stTextInput", tr(lang, "train.run_name")).locator("input")
     field.fill(name)
     field.press("Enter")
     wait_idle(page)
     before = run_id_in_url(page)
-    page.get_by_role("button", name=tr(lang, "train.start")).click()
+    button(page, tr(lang, "train.start")).click()
     page.wait_for_function("(before) => { const m = location.search.match(/run=([0-9a-f-]+)/);"
                            " return m && m[1] !== before; }", arg=before, timeout=TIMEOUT_MS)
     wait_idle(page)
@@ -280,7 +285,7 @@ def step_training(page, lang: str, runs_dir: Path, problems: list[str]) -> str:
                   frozen="-")
     body.get_by_text(schedule).wait_for(timeout=TIMEOUT_MS)
     assert_no_errors(page, "training: new-run form")
-    shot(page, lang, "6-training-form")
+    shot(page, lang, "6-training-form", problems)
 
     open_expander(page, tr(lang, "train.options_title"), scope=body)
     select_option(page, tr(lang, "train.batch_size"), str(BATCH_SIZE), scope=body)
@@ -290,12 +295,14 @@ def step_training(page, lang: str, runs_dir: Path, problems: list[str]) -> str:
     store = jobs.Store(runs_dir)
     poll_1 = wait_for_live(page, lang, store, first, after=(0, 0))
     poll_2 = wait_for_live(page, lang, store, first, after=poll_1)
-    assert poll_2[0] > poll_1[0] and poll_2[1] > poll_1[1], (poll_1, poll_2)
+    assert poll_2[0] > poll_1[0], (poll_1, poll_2)
+    assert poll_2[1] > poll_1[1], (poll_1, poll_2)
 
     # Reload mid-run: the run id in the URL brings the live view back (in a new browser session).
     run = store.get(first)
-    assert run.status == jobs.RUNNING and run.progress_done < 0.8 * run.progress_total, (
-        f"the run is {run.status} at step {run.progress_done} of {run.progress_total} before the reload: "
+    assert run.status == jobs.RUNNING, f"the run is {run.status} before the reload"
+    assert run.progress_done < 0.8 * run.progress_total, (
+        f"the run is at step {run.progress_done} of {run.progress_total} before the reload: "
         "too close to its end to see it reattach")
     page.reload(timeout=TIMEOUT_MS)
     heading(page, tr(lang, "train.title")).or_(heading(page, tr("es", "train.title"))).wait_for(timeout=TIMEOUT_MS)
@@ -309,14 +316,14 @@ def step_training(page, lang: str, runs_dir: Path, problems: list[str]) -> str:
     assert run_id_in_url(page) == first
     if store.get(first).is_active:
         wait_for_live(page, lang, store, first, after=poll_2)
-        shot(page, lang, "7-training-live-after-reload")
+        shot(page, lang, "7-training-live-after-reload", problems)
     else:  # it ended while the page loaded: the reattached page shows the finished run
         wait_for_status(page, lang, first, "done", timeout_s=60)
     assert_no_errors(page, "training: after reload")
 
     # A second run, cancelled while it trains. NOTE: the reload started a new browser session,
-    # so this form is back at the defaults (ResNet-18, no Fine-tuning plan; see findings). The
-    # run is only there to be cancelled, so the defaults do.
+    # so this form is back at the defaults (ResNet-18, no Fine-tuning plan). The run is only
+    # there to be cancelled, so the defaults do.
     open_expander(page, tr(lang, "train.new_header"), scope=body)
     second = start_run(page, lang, f"journey-{lang}-2")
     # One run per device: while the first trains, the second shows its place in the queue.
@@ -328,20 +335,20 @@ def step_training(page, lang: str, runs_dir: Path, problems: list[str]) -> str:
         assert time.monotonic() < deadline, "the queued second run shows no queue position"
         page.wait_for_timeout(300)
     else:
-        shot(page, lang, "9-training-queued")
+        shot(page, lang, "9-training-queued", problems)
     wait_for_status(page, lang, second, "running", timeout_s=RUN_TIMEOUT_S)
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while store.get(second).progress_done == 0:  # cancel it once it has really trained
         assert time.monotonic() < deadline, "the second run never made a step"
         page.wait_for_timeout(500)
-    page.get_by_role("button", name=tr(lang, "train.cancel"), exact=True).click()
+    button(page, tr(lang, "train.cancel")).click()
     wait_for_status(page, lang, second, "cancelled", timeout_s=RUN_TIMEOUT_S)
     assert store.get(second).status == jobs.CANCELLED
     wait_idle(page)
     assert_no_errors(page, "training: cancelled run")
-    shot(page, lang, "10-training-cancelled")
+    shot(page, lang, "10-training-cancelled", problems)
 
-    open_run_from_history(page, lang, first)
+    open_run_from_history(page, lang, f"journey-{lang}", first)
     wait_for_status(page, lang, first, "done", timeout_s=RUN_TIMEOUT_S)
     wait_idle(page)
     page.get_by_role("heading", name=tr(lang, "train.results_header")).wait_for(timeout=TIMEOUT_MS)
@@ -351,18 +358,18 @@ def step_training(page, lang: str, runs_dir: Path, problems: list[str]) -> str:
     assert accuracy > 0.5, f"two epochs on the digits should get well above chance (10 %): {summary}"
     page.locator(".js-plotly-plot .gtitle").filter(has_text=tr(lang, "train.chart_confusion")).first.wait_for()
     assert_no_errors(page, "training: results")
-    shot(page, lang, "11-training-results")
+    shot(page, lang, "11-training-results", problems)
     return first
 
 
-def step_tta(page, lang: str, run_id: str, digit: Path) -> None:
+def step_tta(page, lang: str, run_id: str, digit: Path, problems: list[str]) -> None:
     go_to(page, lang, "tta")
     body = main(page)
     choose_radio(page, tr(lang, "tta.model_src_run"), scope=body)
     select_option(page, tr(lang, "tta.run_select"), tr(lang, "tta.run_option", name=f"journey-{lang}", run_id=run_id),
                   scope=body)
     choose_radio(page, tr(lang, "tta.src_upload"), scope=body)
-    uploader = body.locator("[data-testid='stFileUploader']").filter(has_text=tr(lang, "tta.upload_label"))
+    uploader = widget(page, "stFileUploader", tr(lang, "tta.upload_label"), body)
     uploader.locator("input[type='file']").set_input_files(str(digit))
     wait_idle(page)
 
@@ -378,14 +385,14 @@ def step_tta(page, lang: str, run_id: str, digit: Path) -> None:
     # original + the model's exact input + one picture per view
     assert images.count() == 2 + expected_views, (images.count(), expected_views)
     assert_no_errors(page, "tta")
-    shot(page, lang, "12-tta")
+    shot(page, lang, "12-tta", problems)
 
 
-def step_glossary(page, lang: str) -> None:
+def step_glossary(page, lang: str, problems: list[str]) -> None:
     go_to(page, lang, "glossary")
     body = main(page)
     name = tr(lang, f"glossary.{GLOSSARY_TERM}_name")
-    field = body.locator("[data-testid='stTextInput']").filter(has_text=tr(lang, "glossary.search")).locator("input")
+    field = widget(page, "stTextInput", tr(lang, "glossary.search"), body).locator("input")
     field.fill(name)
     field.press("Enter")
     wait_idle(page)
@@ -400,7 +407,7 @@ def step_glossary(page, lang: str) -> None:
     assert GLOSSARY_TERM in expected
     body.get_by_text(tr(lang, "glossary.count", shown=len(expected), total=len(TERMS))).wait_for(timeout=TIMEOUT_MS)
     assert_no_errors(page, "glossary: search")
-    shot(page, lang, "13-glossary-search")
+    shot(page, lang, "13-glossary-search", problems)
 
     term_heading = body.locator(f"h3#{GLOSSARY_TERM.replace('_', '-')}, h3#{GLOSSARY_TERM}").first
     link = term_heading.locator("xpath=following::a[@data-testid='stPageLink-NavLink'][1]")
@@ -410,7 +417,7 @@ def step_glossary(page, lang: str) -> None:
     heading(page, tr(lang, "ft.title")).wait_for(timeout=TIMEOUT_MS)
     wait_idle(page)
     assert_no_errors(page, "glossary: followed link")
-    shot(page, lang, "14-glossary-link-finetuning")
+    shot(page, lang, "14-glossary-link-finetuning", problems)
 
 
 # --- the journey -----------------------------------------------------------------------------
@@ -422,14 +429,14 @@ def test_journey(streamlit_server, browser_page, streamlit_log_path, streamlit_r
     offset = log_offset(streamlit_log_path)
     started = time.monotonic()
 
-    step_home(page, streamlit_server, lang)
-    step_architecture(page, lang)
-    step_gradients(page, lang)
-    step_finetuning(page, lang)
-    problems: list[str] = []
+    problems: list[str] = []  # failures that do not stop the journey, reported at its end
+    step_home(page, streamlit_server, lang, problems)
+    step_architecture(page, lang, problems)
+    step_gradients(page, lang, problems)
+    step_finetuning(page, lang, problems)
     run_id = step_training(page, lang, streamlit_runs_dir, problems)
-    step_tta(page, lang, run_id, digit_png)
-    step_glossary(page, lang)
+    step_tta(page, lang, run_id, digit_png, problems)
+    step_glossary(page, lang, problems)
 
     print(f"journey {lang}: {time.monotonic() - started:.0f} s")
     logged = new_log_problems(streamlit_log_path, offset)

@@ -26,6 +26,7 @@ from tests.browser.helpers import (
     sidebar,
     tr,
     wait_idle,
+    widget,
 )
 
 # The pages a student visits after choosing a network, in order; each student starts at a
@@ -118,7 +119,7 @@ def choose_networks(students: list[Student]) -> None:
             choose_radio(student.page, tr(student.lang, "arch.family_cifar"), scope=sidebar(student.page))
     for student in students:  # start every choice, then wait for all of them
         label = tr(student.lang, "arch.depth" if student.family == "imagenet" else "arch.cifar_depth")
-        box = sidebar(student.page).locator("[data-testid='stSelectbox']").filter(has_text=label).first
+        box = widget(student.page, "stSelectbox", label, sidebar(student.page))
         box.click()
         student.page.get_by_role("option", name=student.depth_label, exact=True).click()
     for student in students:
@@ -151,7 +152,7 @@ def finish_visit(student: Student, path: str) -> None:
         heading(page, student.model_name).wait_for(timeout=TIMEOUT_MS)
     wait_idle(page)
     if path == "glossary":
-        search = body.locator("[data-testid='stTextInput']").filter(has_text=tr(lang, "glossary.search")).locator("input")
+        search = widget(page, "stTextInput", tr(lang, "glossary.search"), body).locator("input")
         search.fill(tr(lang, "glossary.skip_connection_name"))
         search.press("Enter")
         heading(page, tr(lang, "glossary.skip_connection_name")).wait_for(timeout=TIMEOUT_MS)
