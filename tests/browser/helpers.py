@@ -54,7 +54,14 @@ def wait_idle(page, timeout_ms: int = TIMEOUT_MS) -> None:
     page.wait_for_timeout(400)
 
 
+def url_path(path: str) -> str:
+    """The URL path of a page: the home page is the app's default, served at "/"."""
+    return "" if path == "home" else path
+
+
 def nav_link(page, path: str):
+    if path == "home":
+        return page.locator(NAV_LINK).first  # app.py lists the home page first
     return page.locator(f"{NAV_LINK}[href$='/{path}']")
 
 
@@ -70,7 +77,7 @@ def open_app(page, base_url: str, path: str = "", lang: str | None = None) -> No
     title = tr(shown, PAGE_KEYS[path or "home"][1])
     expected = tr(shown, "common.nav_glossary")
     for attempt in range(3):
-        page.goto(f"{base_url}/{path}{query}", timeout=TIMEOUT_MS)
+        page.goto(f"{base_url}/{url_path(path)}{query}", timeout=TIMEOUT_MS)
         heading(page, title).wait_for(timeout=TIMEOUT_MS)
         wait_idle(page)
         try:
@@ -87,7 +94,7 @@ def go_to(page, lang: str, path: str) -> None:
     link = nav_link(page, path)
     assert tr(lang, label_key) in link.inner_text(), link.inner_text()
     link.click()
-    page.wait_for_url(re.compile(rf"/{path}(\?|$)"), timeout=TIMEOUT_MS)
+    page.wait_for_url(re.compile(rf"/{url_path(path)}(\?|$)"), timeout=TIMEOUT_MS)
     heading(page, tr(lang, title_key)).wait_for(timeout=TIMEOUT_MS)
     wait_idle(page)
 

@@ -25,6 +25,7 @@ from tests.browser.helpers import (
     open_app,
     sidebar,
     tr,
+    url_path,
     wait_idle,
     widget,
 )
@@ -140,7 +141,7 @@ def start_visit(student: Student, path: str) -> None:
 def finish_visit(student: Student, path: str) -> None:
     """Wait for `path` and check what this student's own settings should show there."""
     page, lang = student.page, student.lang
-    page.wait_for_url(re.compile(rf"/{path}(\?|$)"), timeout=TIMEOUT_MS)
+    page.wait_for_url(re.compile(rf"/{url_path(path)}(\?|$)"), timeout=TIMEOUT_MS)
     heading(page, tr(lang, PAGE_KEYS[path][1])).wait_for(timeout=TIMEOUT_MS)
     body = main(page)
     if path == "finetuning":
