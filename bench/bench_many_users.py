@@ -3,12 +3,12 @@
     .venv/bin/python bench/bench_many_users.py                       # 60 s per phase, 10 students
     .venv/bin/python bench/bench_many_users.py --phase-s 40 --students 5
 
-Starts `streamlit run app.py` on a free local port with a runs dir of its own, submits one
-training run (CIFAR ResNet-8 on the embedded digits, batch 32, as long as the benchmark needs)
-and reads its images/s from the run's metrics in the SQLite store (`core.jobs.Store.metrics`).
-Three phases of `--phase-s` seconds each: quiet, students exploring (tests/browser/users.py:
-each in their own browser context, their own language and network, walking through the pages),
-quiet again. It prints the median images/s of each phase and the ratio busy ÷ quiet, quiet being
+Starts `streamlit run app.py` on a free local port with a runs dir of its own. Submits one
+training run (CIFAR ResNet-8 on the embedded digits, batch 32, as long as the benchmark needs).
+Reads its images/s from the run's metrics in the SQLite store (`core.jobs.Store.metrics`).
+Three phases: quiet for `--phase-s` seconds; students exploring (tests/browser/users.py:
+each in their own browser context, their own language and network; opening the lab and choosing
+a network, then `--phase-s` seconds walking through the pages); quiet again. It prints the median images/s of each phase and the ratio busy ÷ quiet, quiet being
 the mean of the two quiet phases (the machine's other load drifts; bracketing shows it).
 
 Chromium and Playwright run on the same machine as the server here, so the ratio is a lower
@@ -76,7 +76,7 @@ def start_server(runs_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]
         except OSError:
             time.sleep(0.5)
     process.terminate()
-    raise TimeoutError(f"streamlit did not answer at {url} within {SERVER_START_TIMEOUT_S} s")
+    raise TimeoutError(f"streamlit did not respond at {url} within {SERVER_START_TIMEOUT_S} s")
 
 
 def stop_server(process: subprocess.Popen) -> None:
@@ -117,14 +117,13 @@ def quiet_phase(seconds: float) -> tuple[float, float]:
 
 
 def busy_phase(browser, students_count: int, url: str, seconds: float) -> tuple[float, float, int]:
-    """Students open the lab, choose their networks and walk the pages until `seconds` have passed."""
+    """Students open the lab and choose their networks, then walk the pages for `seconds` more."""
     students = make_students(students_count)
     start = time.time()
-    until = time.monotonic() + seconds
     try:
         open_sessions(browser, students, url)
         choose_networks(students)
-        visits = explore(students, until=until)
+        visits = explore(students, until=time.monotonic() + seconds)
         problems = [problem for student in students for problem in student.problems]
     finally:
         close_sessions(students)
@@ -171,8 +170,8 @@ def main() -> None:
         report("busy", stats_busy, busy_start, busy_end)
         report("quiet", stats_2, *quiet_2)
         quiet = (stats_1["median"] + stats_2["median"]) / 2
-        print(f"{args.students} students, {visits} page visits while busy")
-        print(f"ratio busy / quiet (median images/s): {stats_busy['median'] / quiet:.2f}")
+        print(f"{args.students} students, {visits} page visits while busy, besides opening the lab")
+        print(f"ratio busy / quiet (median images/s): {stats_busy['median'] / quiet:.2f}", flush=True)
     finally:
         if store.get(run_id).is_active:
             store.cancel(run_id)

@@ -35,7 +35,15 @@ def translator() -> Translator:
 
 def _on_language_change() -> None:
     st.session_state[state.LANG] = st.session_state[_LANG_WIDGET]
-    st.query_params["lang"] = st.session_state[_LANG_WIDGET]
+
+
+def _keep_language_in_url(lang: str) -> None:
+    """Write the language into `?lang=` on every run, because a page switch drops the query.
+
+    A reload or a shared link starts a new session, which reads its language from the URL.
+    """
+    if st.query_params.get("lang") != lang:
+        st.query_params["lang"] = lang
 
 
 def _language_switch(t: Translator) -> None:
@@ -66,6 +74,7 @@ def page_setup(title_key: str) -> Translator:
     state.init_state()
     t = translator()
     st.set_page_config(page_title=f"{t(title_key)} · {t('common.app_title')}", layout="wide")
+    _keep_language_in_url(t.lang)
     _language_switch(t)
     _model_badge(t)
     return t

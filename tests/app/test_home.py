@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from tests.app.conftest import open_page
+from streamlit.testing.v1 import AppTest
+
+from tests.app.conftest import APP_TIMEOUT_S, REPO_ROOT, open_page
 
 
 @pytest.mark.parametrize("lang, heading", [("es", "Entorno"), ("en", "Environment")])
@@ -36,3 +38,17 @@ def test_app_navigation_runs():
     at = open_page("app.py")
     at.run()
     assert not at.exception
+
+
+def test_language_written_to_url():
+    at = open_page("pages/home.py", "en")
+    at.run()
+    assert at.query_params["lang"] in ("en", ["en"])
+
+
+def test_language_read_from_url_in_new_session():
+    at = AppTest.from_file(str(REPO_ROOT / "pages/home.py"), default_timeout=APP_TIMEOUT_S)
+    at.query_params["lang"] = "en"
+    at.run()
+    assert at.session_state["lang"] == "en"
+    assert "Environment" in [header.value for header in at.header]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -63,17 +64,15 @@ def streamlit_log_path(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("streamlit-log") / "server.log"
 
 
-@pytest.fixture(scope="session")
-def streamlit_server(streamlit_runs_dir, streamlit_log_path):
-    """Start the dashboard once per test session and yield its base URL."""
+@contextmanager
+def serve_app(runs_dir: Path, log_path: Path):
+    """Run `streamlit run app.py` on a free local port until the block ends; yield its base URL."""
     port = _free_port()
-    runs_dir = streamlit_runs_dir
     environment = {**os.environ, "RESNET_LAB_RUNS_DIR": str(runs_dir), "PYTHONUNBUFFERED": "1"}
     # One torch thread in the server and in its training worker, as in tests/conftest.py: on a
     # small shared machine two threads per process oversubscribe the cores and every step crawls.
     environment.setdefault("OMP_NUM_THREADS", "1")
     environment.setdefault("RESNET_LAB_WORKER_THREADS", "1")
-    log_path = streamlit_log_path
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true"]
     with open(log_path, "w") as log:
@@ -88,6 +87,20 @@ def streamlit_server(streamlit_runs_dir, streamlit_log_path):
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="session")
+def streamlit_server(streamlit_runs_dir, streamlit_log_path):
+    """Start the dashboard once per test session and yield its base URL."""
+    with serve_app(streamlit_runs_dir, streamlit_log_path) as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_streamlit_server(tmp_path):
+    """A server of this test's own, not visited yet: what a student meets right after a restart."""
+    with serve_app(tmp_path / "runs", tmp_path / "server.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -129,13 +142,17 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
-# NOTE: the whole-class journey and the ten-session test pass on an idle 2-core machine but time
-# out when other heavy processes share it, so a failure is reported as xfail, not as an error.
-# Their screenshots in test-artifacts/ are still written and must be looked at by a person.
+# NOTE: the whole-class journey and the ten-session test pass on a 2-core machine of their own
+# but can time out when other heavy processes share it. Only a Playwright timeout is excused, so
+# a failed assertion still fails the run.
 _LOAD_SENSITIVE_FILES = ("test_journey.py", "test_many_users.py")
 
 
 def pytest_collection_modifyitems(config, items):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     for item in items:
         if item.fspath.basename in _LOAD_SENSITIVE_FILES:
-            item.add_marker(pytest.mark.xfail(reason="times out on a loaded machine", strict=False))
+            marker = pytest.mark.xfail(raises=PlaywrightTimeoutError, reason="timed out on a loaded machine",
+                                       strict=False)
+            item.add_marker(marker)

@@ -44,7 +44,7 @@ def template_regex(lang: str, key: str) -> re.Pattern:
 
 
 def wait_idle(page, timeout_ms: int = TIMEOUT_MS) -> None:
-    """Wait until Streamlit's status widget no longer says the script is running."""
+    """Wait until Streamlit's status widget no longer shows that the script is running."""
     page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
     page.wait_for_function(
         "() => { const s = document.querySelector('[data-testid=\"stStatusWidget\"]');"
@@ -66,26 +66,31 @@ def nav_link(page, path: str):
 
 
 def open_app(page, base_url: str, path: str = "", lang: str | None = None) -> None:
-    """Open the app at `path` (a key of PAGE_KEYS, "" for home) and wait for its title.
+    """Open the app at `path` (a key of PAGE_KEYS, "" for home) and wait for its title and navigation.
 
-    The first script run after the server starts runs a page without app.py (Streamlit's
-    pages-folder mode), whose sidebar lists raw file names; loading again gets app.py's
-    navigation with translated labels.
+    Until "/" has been opened once since the server started, Streamlit serves a page's own URL
+    in its pages-folder mode, whose sidebar lists raw file names. So after a restart, open ""
+    before any other path (tests/browser/test_deep_links.py covers that case).
     """
-    query = f"?lang={lang}" if lang else ""
+    page.goto(app_url(base_url, path, lang), timeout=TIMEOUT_MS)
+    wait_for_page(page, path, lang)
+
+
+def app_url(base_url: str, path: str = "", lang: str | None = None) -> str:
+    return f"{base_url}/{url_path(path)}" + (f"?lang={lang}" if lang else "")
+
+
+def wait_for_page(page, path: str = "", lang: str | None = None) -> None:
+    """Wait for the title of `path` and for app.py's navigation, both in `lang` (default Spanish)."""
     shown = lang or "es"
-    title = tr(shown, PAGE_KEYS[path or "home"][1])
+    heading(page, tr(shown, PAGE_KEYS[path or "home"][1])).wait_for(timeout=TIMEOUT_MS)
+    wait_idle(page)
     expected = tr(shown, "common.nav_glossary")
-    for attempt in range(3):
-        page.goto(f"{base_url}/{url_path(path)}{query}", timeout=TIMEOUT_MS)
-        heading(page, title).wait_for(timeout=TIMEOUT_MS)
-        wait_idle(page)
-        try:
-            nav_link(page, "glossary").filter(has_text=expected).wait_for(timeout=10_000 if attempt < 2 else TIMEOUT_MS)
-            return
-        except PlaywrightTimeout:  # pages-folder mode on the first run: load again
-            continue
-    raise AssertionError(f"the navigation never showed {expected!r}")
+    try:
+        nav_link(page, "glossary").filter(has_text=expected).wait_for(timeout=TIMEOUT_MS)
+    except PlaywrightTimeout:
+        shown_links = page.locator(NAV_LINK).all_inner_texts()
+        raise AssertionError(f"/{url_path(path)}: the sidebar shows {shown_links}, not {expected!r}") from None
 
 
 def go_to(page, lang: str, path: str) -> None:
@@ -125,7 +130,7 @@ def button(page, text: str, scope=None):
 
 
 def act_until(page, act, check, what: str, attempts: int = 3) -> None:
-    """Do `act` until `check()` holds once the app is idle again.
+    """Do `act` until `check()` is true once the app is idle again.
 
     A click that lands while a rerun is still redrawing the page can be lost (the widget is
     replaced under it, with its old value), so every widget helper checks its own effect.

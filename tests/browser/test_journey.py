@@ -12,7 +12,7 @@ The steps, in order:
 
 Every step leaves a screenshot test-artifacts/journey-<lang>-<step>.png for a person to look at.
 Pages are reached by clicking the sidebar, never by loading a URL, so the browser session and
-its settings are the ones a student would have; only the deliberate reload starts a new one.
+its settings are the ones a student would have. Only the deliberate reload starts a new one.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
 from core import jobs, tta
 from core.glossary import TERMS, search
@@ -57,9 +58,9 @@ RESNET34_PARAMS = "21,797,672"  # torchvision resnet34(): sum of p.numel()
 RESNET50_PARAMS = "25,557,032"
 RESNET8_PARAMS = "75,290"  # CIFAR ResNet-8 (n=1, width 16, 10 classes), zero-padding shortcuts (option A)
 TRAIN_EPOCHS = 2
-BATCH_SIZE = 8  # 357 steps in all: long enough to reload mid-run, short enough for the lesson
+BATCH_SIZE = 8  # 2 × 179 steps: long enough to reload mid-run, short enough for the lesson
 SCRATCH_LR_MAX = 0.003  # AdamW peak LR for every group, training from random weights
-RUN_TIMEOUT_S = 240  # two epochs of ResNet-8 on the 1,437 training digits, on a loaded machine
+RUN_TIMEOUT_S = 240  # two epochs of ResNet-8 on the 1,438 training digits took 30-60 s here
 GLOSSARY_TERM = "gradual_unfreezing"
 DIGIT_INDEX = 3  # sklearn digits sample 3 is a "3"
 
@@ -122,8 +123,7 @@ def step_architecture(page, lang: str, problems: list[str]) -> None:
     shot(page, lang, "2-architecture-34-vs-50", problems)
 
     # The network the rest of the lesson trains: CIFAR ResNet-8, small enough for a CPU.
-    # Each change reruns the page; wait for its result before the next one, or the rerun
-    # still in flight redraws the sidebar under the next click.
+    # Each change reruns the page, so wait for its result before the next change.
     choose_radio(page, tr(lang, "arch.family_cifar"), scope=side)
     heading(page, "ResNet-20").wait_for(timeout=TIMEOUT_MS)
     select_option(page, tr(lang, "arch.cifar_depth"), tr(lang, "arch.cifar_custom"), scope=side)
@@ -309,8 +309,8 @@ def step_training(page, lang: str, runs_dir: Path, problems: list[str]) -> str:
     wait_idle(page)
     if lang != "es" and heading(page, tr("es", "train.title")).count():
         problems.append(f"after a reload on the training page the language fell back to Spanish (URL {page.url})")
-        # NOTE: the reload loses the language (it is not in the URL after a page switch), so
-        # switch it back to go on with the journey; the test still fails on it at the end.
+        # NOTE: the reload loses the language because it is not in the URL after a page switch.
+        # Switch it back to go on with the journey; the test still fails on it at the end.
         choose_radio(page, tr("es", f"common.lang_{lang}"), scope=sidebar(page))
     heading(page, tr(lang, "train.current_header", name=f"journey-{lang}")).wait_for(timeout=TIMEOUT_MS)
     assert run_id_in_url(page) == first
@@ -381,9 +381,10 @@ def step_tta(page, lang: str, run_id: str, digit: Path, problems: list[str]) -> 
     expected_views = len(tta.batch_views(tta.VIEW_FAMILIES))
     body.get_by_text(tr(lang, "tta.metric_tta"), exact=True).first.wait_for(timeout=TIMEOUT_MS)
     body.get_by_text(tr(lang, "tta.views_grid_header", k=5)).wait_for(timeout=TIMEOUT_MS)
-    images = body.locator("[data-testid='stImage']")
-    # original + the model's exact input + one picture per view
-    assert images.count() == 2 + expected_views, (images.count(), expected_views)
+    # The original, the model's exact input, and one picture per view.
+    expect(body.locator("[data-testid='stImage']")).to_have_count(2 + expected_views, timeout=TIMEOUT_MS)
+    predicted = body.locator("[data-testid='stMetric']").filter(has_text=tr(lang, "tta.metric_identity"))
+    assert predicted.locator("[data-testid='stMetricValue']").inner_text() in [str(d) for d in range(10)]
     assert_no_errors(page, "tta")
     shot(page, lang, "12-tta", problems)
 
@@ -409,7 +410,7 @@ def step_glossary(page, lang: str, problems: list[str]) -> None:
     assert_no_errors(page, "glossary: search")
     shot(page, lang, "13-glossary-search", problems)
 
-    term_heading = body.locator(f"h3#{GLOSSARY_TERM.replace('_', '-')}, h3#{GLOSSARY_TERM}").first
+    term_heading = body.locator(f"h3#{GLOSSARY_TERM}")  # st.subheader(anchor=term id)
     link = term_heading.locator("xpath=following::a[@data-testid='stPageLink-NavLink'][1]")
     assert tr(lang, "common.nav_finetuning") in link.inner_text()
     link.click()

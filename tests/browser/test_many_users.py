@@ -1,4 +1,4 @@
-"""Ten students on one server while a run trains: nobody sees another's settings, no page fails.
+"""Ten students on one server while a run trains: no session sees another's settings, no page fails.
 
 One Chromium with ten browser contexts (ten Streamlit sessions). Each student picks a language
 and a network of their own on Arquitectura, then walks through the other pages, all of them at

@@ -17,6 +17,7 @@ from core.models import canonical_name, cifar_config, imagenet_config
 from tests.browser.helpers import (
     PAGE_KEYS,
     TIMEOUT_MS,
+    app_url,
     choose_radio,
     errors_on_page,
     heading,
@@ -26,11 +27,12 @@ from tests.browser.helpers import (
     sidebar,
     tr,
     url_path,
+    wait_for_page,
     wait_idle,
     widget,
 )
 
-# The pages a student visits after choosing a network, in order; each student starts at a
+# The pages a student visits after choosing a network, in order. Each student starts at a
 # different point of the list, so all pages are in use at once.
 TOUR = ("gradients", "finetuning", "training", "glossary", "tta", "home")
 
@@ -93,15 +95,17 @@ def open_sessions(browser, students: list[Student], base_url: str) -> None:
         student.context = browser.new_context(viewport={"width": 1280, "height": 900})
         student.page = student.context.new_page()
         student.page.set_default_timeout(TIMEOUT_MS)
-    # The first student comes alone: the very first run after a server start is Streamlit's
-    # pages-folder mode, which is not what this is about. Then every other load is started
-    # before any is waited for, so their first script runs overlap.
+    # NOTE: the first student opens "/" first and alone. Until "/" has been opened once since
+    # the server started, a page's own URL gets raw file names in the sidebar, which
+    # tests/browser/test_deep_links.py covers. Every other load is started before any is
+    # waited for, so their first script runs overlap.
     first, others = students[0], students[1:]
+    open_app(first.page, base_url, "", lang=first.lang)
     open_app(first.page, base_url, "architecture", lang=first.lang)
     for student in others:
-        student.page.goto(f"{base_url}/architecture?lang={student.lang}", wait_until="commit", timeout=TIMEOUT_MS)
+        student.page.goto(app_url(base_url, "architecture", student.lang), wait_until="commit", timeout=TIMEOUT_MS)
     for student in others:
-        open_app(student.page, base_url, "architecture", lang=student.lang)
+        wait_for_page(student.page, "architecture", student.lang)
 
 
 def close_sessions(students: list[Student]) -> None:
