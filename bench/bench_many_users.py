@@ -21,20 +21,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from core import jobs  # noqa: E402
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, serve_app  # noqa: E402
 from tests.browser.users import (  # noqa: E402
     background_run_config,
     choose_networks,
@@ -44,48 +41,8 @@ from tests.browser.users import (  # noqa: E402
     open_sessions,
 )
 
-SERVER_START_TIMEOUT_S = 120
 RUN_START_TIMEOUT_S = 180
 RUN_EPOCHS = 500  # far more than three phases need; the run is cancelled at the end
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(runs_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    environment = {**os.environ, "RESNET_LAB_RUNS_DIR": str(runs_dir), "PYTHONUNBUFFERED": "1"}
-    environment.setdefault("OMP_NUM_THREADS", "1")
-    environment.setdefault("RESNET_LAB_WORKER_THREADS", "1")
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-               "--server.address", "127.0.0.1", "--server.headless", "true"]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited with code {process.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.terminate()
-    raise TimeoutError(f"streamlit did not respond at {url} within {SERVER_START_TIMEOUT_S} s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def wait_until_training(store: jobs.Store, run_id: str) -> None:
@@ -143,12 +100,17 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=10)
     args = parser.parse_args()
 
-    from playwright.sync_api import sync_playwright
-
     work = Path(tempfile.mkdtemp(prefix="bench-many-users-"))
     runs_dir, log_path = work / "runs", work / "server.log"
     os.environ.setdefault("RESNET_LAB_WORKER_THREADS", "1")  # the worker is spawned from this process
-    process, url = start_server(runs_dir, log_path)
+    with serve_app(runs_dir, log_path) as url:
+        measure(url, runs_dir, args)
+    print(f"server log: {log_path}")
+
+
+def measure(url: str, runs_dir: Path, args: argparse.Namespace) -> None:
+    from playwright.sync_api import sync_playwright
+
     store = jobs.Store(runs_dir)
     run_id = store.submit("train", background_run_config(RUN_EPOCHS), name="bench", owner="bench")
     store.ensure_worker()
@@ -178,8 +140,6 @@ def main() -> None:
         deadline = time.monotonic() + 60
         while store.get(run_id).is_active and time.monotonic() < deadline:
             time.sleep(0.5)
-        stop_server(process)
-        print(f"server log: {log_path}")
 
 
 if __name__ == "__main__":

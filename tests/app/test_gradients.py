@@ -7,8 +7,6 @@ fast. The numbers the page shows are compared with core.gradients.compare on the
 
 import dataclasses
 import os
-import signal
-import time
 
 import pytest
 
@@ -17,7 +15,7 @@ from core.gradients import ProbeSettings, compare
 from core.i18n import translate
 from core.models import cifar_config
 from core.worker import execute
-from tests.app.conftest import open_page
+from tests.app.conftest import isolated_runs_store, open_page
 
 PAGE = "pages/gradients.py"
 RUN_PARAM = "deg_run"
@@ -37,19 +35,8 @@ def metric_values(at) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    patch = pytest.MonkeyPatch()
-    root = tmp_path_factory.mktemp("gradient-runs")
-    patch.setenv("RESNET_LAB_RUNS_DIR", str(root))
-    patch.setenv("RESNET_LAB_WORKER_THREADS", "1")
-    store = jobs.Store(root)
-    yield store
-    for pid in store.live_workers("cpu"):
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not jobs._pid_alive(pid):
-                break
-            time.sleep(0.1)
-    patch.undo()
+    with isolated_runs_store(tmp_path_factory, "gradient-runs") as runs_store:
+        yield runs_store
 
 
 @pytest.mark.parametrize("lang", ["es", "en"])

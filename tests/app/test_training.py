@@ -5,8 +5,6 @@ runs), in this process, so the results section is checked without waiting for a 
 """
 
 import os
-import signal
-import time
 
 import pytest
 
@@ -14,33 +12,17 @@ from core import checkpoints, jobs
 from core.i18n import translate
 from core.models import cifar_config
 from core.worker import execute
-from tests.app.conftest import open_page
+from tests.app.conftest import isolated_runs_store, open_page, stop_workers
 from tests.test_engine import run_config
 
 PAGE = "pages/training.py"
 TINY_ARCH = cifar_config(8, base_width=8)
 
 
-def stop_workers(store) -> None:
-    """End the worker processes this module's page started (by pid, and wait until they are gone)."""
-    for pid in store.live_workers("cpu"):
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not jobs._pid_alive(pid):
-                break
-            time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    patch = pytest.MonkeyPatch()
-    root = tmp_path_factory.mktemp("page-runs")
-    patch.setenv("RESNET_LAB_RUNS_DIR", str(root))
-    patch.setenv("RESNET_LAB_WORKER_THREADS", "1")
-    store = jobs.Store(root)
-    yield store
-    stop_workers(store)
-    patch.undo()
+    with isolated_runs_store(tmp_path_factory, "page-runs") as runs_store:
+        yield runs_store
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from core.i18n import translate
+from tests.browser.conftest import wait_for_app
 
 TIMEOUT_MS = 90_000  # one Streamlit script run on a loaded two-core machine can take this long
 ACTION_TIMEOUT_MS = 15_000  # one click or keystroke; a widget helper retries a lost one
@@ -45,13 +46,7 @@ def template_regex(lang: str, key: str) -> re.Pattern:
 
 def wait_idle(page, timeout_ms: int = TIMEOUT_MS) -> None:
     """Wait until Streamlit's status widget no longer shows that the script is running."""
-    page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
-    page.wait_for_function(
-        "() => { const s = document.querySelector('[data-testid=\"stStatusWidget\"]');"
-        " return !s || !s.innerText.includes('Running'); }",
-        timeout=timeout_ms,
-    )
-    page.wait_for_timeout(400)
+    wait_for_app(page, timeout_ms)
 
 
 def url_path(path: str) -> str:
