@@ -1,4 +1,4 @@
-"""Which device training would use, and a description for the environment panel."""
+"""The device training uses, and its description for the environment panel."""
 
 from __future__ import annotations
 

@@ -383,8 +383,7 @@ def initialise(model: ResNet, init: str) -> None:
             if block.branch_out_bn is not None:
                 nn.init.zeros_(block.branch_out_bn.weight)
     elif init == "fixup":
-        convs_per_block = len(blocks[0].branch_convs)
-        scale = len(blocks) ** (-1.0 / (2 * convs_per_block - 2))
+        scale = fixup_scale(model.config)
         for block in blocks:
             *inner, last = block.branch_convs
             for conv in inner:
@@ -420,6 +419,6 @@ def feature_size(config: ResNetConfig) -> int:
 
 
 def fixup_scale(config: ResNetConfig) -> float:
-    """The Fixup factor L^(-1/(2m-2)) applied to the inner branch convolutions."""
+    """Return the Fixup factor L^(-1/(2m-2)) for L blocks of m convolutions each."""
     convs_per_block = 3 if config.block == "bottleneck" else 2
     return math.pow(sum(config.stage_blocks), -1.0 / (2 * convs_per_block - 2))

@@ -186,7 +186,11 @@ class TestOrientationAndFrames:
         image.putpixel((0, 0), (255, 255, 255))  # top-left marker
         exif = Image.Exif()
         exif[0x0112] = 6
-        options = {"quality": 100} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}
+        options = {}
+        if fmt == "JPEG":
+            options = {"quality": 100}
+        elif fmt == "WEBP":
+            options = {"lossless": True}
         decoded = decode_image(encode(image, fmt, exif=exif, **options), f"o.{fmt.lower()}")
         assert decoded.size == (2, 3)
         assert decoded.original_size == (3, 2)

@@ -224,7 +224,8 @@ class TestLoadIntoModel:
 
     def test_partial_prefix_is_kept(self):
         stripped, removed = strip_wrapper_prefixes({"module.a": torch.zeros(1), "b": torch.zeros(1)})
-        assert removed == [] and set(stripped) == {"module.a", "b"}
+        assert removed == []
+        assert set(stripped) == {"module.a", "b"}
 
     def test_data_parallel_checkpoint_loads(self):
         source = build_resnet(small_config(), seed=0)
