@@ -23,7 +23,7 @@ import torch
 from core import checkpoints, jobs
 from core.engine import DEFAULT_EPOCHS, MONITORS
 from core.errors import LabError
-from core.models import build_resnet, canonical_name, total_stride, weighted_depth
+from core.models import ResNetConfig, build_resnet, canonical_name, total_stride, weighted_depth
 from core.schedule import Schedule
 from ui import run_charts, state
 from ui.common import page_setup, show_error
@@ -39,6 +39,7 @@ TOP_LOSS_COLUMNS = 8
 STATUS_ICONS = {jobs.QUEUED: ":material/hourglass_top:", jobs.RUNNING: ":material/play_circle:",
                 jobs.DONE: ":material/check_circle:", jobs.FAILED: ":material/error:",
                 jobs.CANCELLED: ":material/stop_circle:", jobs.INTERRUPTED: ":material/warning:"}
+REUSED_KEY = "train_reused_run"  # the run whose settings this session took last
 HISTORY_REFRESH_S = 2  # the history table refreshes this often while any run is queued or running
 
 t = page_setup("train.title")
@@ -158,6 +159,10 @@ def new_run_form() -> None:
 
     st.subheader(t("train.schedule_header"))
     schedule, epochs = schedule_choice(run_arch)
+    if schedule is not None and weights.get("kind") == "none":
+        frozen = [group["name"] for group in schedule["groups"] if group["unfreeze_epoch"] != 0]
+        if frozen:
+            st.warning(t("train.frozen_random_warning", groups=", ".join(frozen)))
     options = training_options()
 
     run_name = st.text_input(t("train.run_name"), key="train_run_name", placeholder=t("train.run_name_placeholder"))
@@ -287,12 +292,33 @@ def metrics_csv(run_id: str) -> bytes:
     return jobs.metrics(run_id).to_csv(index=False).encode("utf-8")
 
 
+def reuse_settings(run_id: str) -> None:
+    """Make a run's network and plan this session's, e.g. after a reload started a new session."""
+    run = jobs.get(run_id)
+    if run is None:
+        return
+    state.set_arch_config(ResNetConfig.from_dict(run.config["architecture"]))
+    schedule = run.config.get("schedule")
+    state.set_schedule_json(Schedule.from_dict(schedule).to_json() if schedule else None)
+    if not schedule and run.config.get("epochs"):
+        st.session_state["train_epochs"] = int(run.config["epochs"])
+    st.session_state[REUSED_KEY] = run_id
+
+
+def reuse_button(run: jobs.Run) -> None:
+    if st.session_state.get(REUSED_KEY) == run.id:
+        st.caption(t("train.reused", run_id=run.id))
+    st.button(t("train.reuse"), key="train_reuse", on_click=reuse_settings, args=(run.id,),
+              help=t("train.reuse_help"))
+
+
 def current_run_section(run_id: str) -> None:
     run = jobs.get(run_id)
     if run is None:
         st.warning(t("train.run_missing", run_id=run_id))
         return
     st.header(t("train.current_header", name=run.name))
+    reuse_button(run)
     polling = run.is_active
     st.fragment(run_every=1 if polling else None)(run_panel)(run_id, polling)
     if not polling:

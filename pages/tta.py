@@ -281,8 +281,9 @@ def merged_chart(t: Translator, prediction: tta.TTAPrediction, names: list[str],
                             text=[percent(p) for p in merged], textposition="outside"))
     figure.update_layout(
         title=t("tta.chart_title", k=len(top), mode=t(f"tta.merge_{prediction.merge_mode}")),
-        barmode="group", height=120 + 45 * len(top), margin=dict(l=10, r=10, t=50, b=10),
-        legend=dict(orientation="h", y=-0.15),
+        barmode="group", height=160 + 45 * len(top), margin=dict(l=10, r=10, t=50, b=80),
+        # Anchored to the figure's bottom edge, under the axis title, at any chart height.
+        legend=dict(orientation="h", yref="container", y=0, yanchor="bottom"),
     )
     figure.update_xaxes(title_text=t("tta.axis_probability"), range=[0, 1.15], tickformat=".0%")
     figure.update_yaxes(type=CATEGORY_AXIS)

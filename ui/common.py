@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
+from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.errors import LabError
@@ -65,12 +66,27 @@ def _model_badge(t: Translator) -> None:
     st.sidebar.caption(t("common.sidebar_caption"))
 
 
+def _leave_pages_folder_mode() -> None:
+    """Rerun under app.py's navigation when Streamlit ran this page file in pages-folder mode.
+
+    Until app.py has called `st.navigation` once in this server process, Streamlit serves a
+    page's own URL (a shared link, a reload after a restart) from the `pages/` folder: the page
+    runs without app.py and the sidebar lists raw file names. Clearing the flag, as
+    `st.navigation` itself does, and rerunning the same page runs app.py for it instead.
+    """
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def page_setup(title_key: str) -> Translator:
     """Prepare a page: shared state, page config, sidebar. Call first on every page.
 
     It is idempotent, so it works both under app.py's navigation and when Streamlit runs a
-    page file on its own (the first run after the server starts).
+    page file on its own (AppTest, or the first run after the server starts, which it turns
+    into a run under app.py).
     """
+    _leave_pages_folder_mode()
     state.init_state()
     t = translator()
     st.set_page_config(page_title=f"{t(title_key)} · {t('common.app_title')}", layout="wide")

@@ -17,16 +17,28 @@ HEIGHT = 300
 TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#d62728"
 CATEGORY_AXIS = "category"  # class names such as "3" must stay labels, not numbers
 MARKERS_AND_LINES = "lines+markers"
+MAX_UNIT_TICKS = 10  # below this span of steps or epochs, one tick per step or epoch
 KEEP_ZOOM = "keep"  # Plotly uirevision: a redraw keeps the user's zoom and hidden traces
 REVERSED = "reversed"  # the confusion matrix reads top-down, first class first
 
 
 def _figure(title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
     figure = go.Figure()
-    figure.update_layout(title=title, height=HEIGHT, margin=dict(l=10, r=10, t=40, b=10),
-                         legend=dict(orientation="h", y=-0.25), uirevision=KEEP_ZOOM)
+    # The legend hangs from the figure's bottom edge, under the x-axis title.
+    figure.update_layout(title=title, height=HEIGHT, margin=dict(l=10, r=10, t=40, b=60),
+                         legend=dict(orientation="h", yref="container", y=0, yanchor="bottom"),
+                         uirevision=KEEP_ZOOM)
     figure.update_xaxes(title=x_title)
-    figure.update_yaxes(title=y_title, type="log" if log_y else "linear")
+    figure.update_yaxes(title=y_title)
+    if log_y:  # written 1e-4 as in the course, not with Plotly's SI prefix ("100µ")
+        figure.update_yaxes(type="log", exponentformat="e")
+    return figure
+
+
+def _whole_number_ticks(figure: go.Figure, values: pd.Series) -> go.Figure:
+    """Steps and epochs are whole numbers: on a short axis, tick every one instead of 0.2, 0.4..."""
+    if values.empty or values.max() - values.min() < MAX_UNIT_TICKS:
+        figure.update_xaxes(dtick=1, tick0=0)
     return figure
 
 
@@ -46,7 +58,7 @@ def train_val_figure(t: Translator, train: pd.DataFrame, val: pd.DataFrame, metr
     rows = _column(val, metric)
     figure.add_trace(go.Scatter(x=rows["step"], y=rows[metric], name=t("train.series_val"),
                                 mode=MARKERS_AND_LINES, line=dict(color=VAL_COLOUR, width=2)))
-    return figure
+    return _whole_number_ticks(figure, _column(train, metric)["step"])
 
 
 def group_figure(t: Translator, train: pd.DataFrame, prefix: str, title_key: str, axis_key: str) -> go.Figure:
@@ -57,7 +69,7 @@ def group_figure(t: Translator, train: pd.DataFrame, prefix: str, title_key: str
         rows = rows[rows[column] > 0]  # a frozen group's LR is 0, which a log axis cannot show
         figure.add_trace(go.Scatter(x=rows["step"], y=rows[column], name=column.split("/", 1)[1],
                                     line=dict(width=1.5)))
-    return figure
+    return _whole_number_ticks(figure, train["step"] if "step" in train.columns else pd.Series(dtype=float))
 
 
 def throughput_figure(t: Translator, train: pd.DataFrame) -> go.Figure:
@@ -65,7 +77,7 @@ def throughput_figure(t: Translator, train: pd.DataFrame) -> go.Figure:
     rows = _column(train, "images_per_s")
     figure.add_trace(go.Scatter(x=rows["step"], y=rows["images_per_s"], name=t("train.series_train"),
                                 line=dict(color=TRAIN_COLOUR)))
-    return figure
+    return _whole_number_ticks(figure, rows["step"])
 
 
 def overlay_figure(t: Translator, curves: dict[str, pd.DataFrame], metric: str) -> go.Figure:
@@ -74,7 +86,14 @@ def overlay_figure(t: Translator, curves: dict[str, pd.DataFrame], metric: str) 
     for name, frame in curves.items():
         rows = _column(frame, metric)
         figure.add_trace(go.Scatter(x=rows["epoch"] + 1, y=rows[metric], name=name, mode=MARKERS_AND_LINES))
-    return figure
+    epochs = pd.concat([_column(frame, metric)["epoch"] + 1 for frame in curves.values()] or [pd.Series(dtype=float)])
+    if epochs.empty:  # no run has finished an epoch yet: a note instead of empty axes
+        figure.add_annotation(text=t("train.overlay_empty"), showarrow=False, xref="paper", yref="paper",
+                              x=0.5, y=0.5)
+        figure.update_xaxes(visible=False)
+        figure.update_yaxes(visible=False)
+        return figure
+    return _whole_number_ticks(figure, epochs)
 
 
 def confusion_figure(t: Translator, confusion: list[list[int]], class_names: list[str]) -> go.Figure:

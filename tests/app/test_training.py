@@ -11,6 +11,7 @@ import pytest
 from core import checkpoints, jobs
 from core.i18n import translate
 from core.models import cifar_config
+from core.schedule import Schedule, make_preset
 from core.worker import execute
 from tests.app.conftest import isolated_runs_store, open_page, stop_workers
 from tests.test_engine import run_config
@@ -139,3 +140,36 @@ def test_delete_from_history(store, finished_run):
     assert store.get(finished_run) is not None
     assert not (store.root / doomed).exists()
     assert checkpoints.final_weights_path(store.run_dir(finished_run)) is not None
+
+
+@pytest.mark.parametrize(("preset", "warned"), [("gradual_unfreezing", True), ("full_finetuning", False)])
+def test_frozen_random_groups_warned(store, preset, warned):
+    names = ["stem", "layer1", "layer2", "layer3", "head"]  # the groups of a 3-stage CIFAR ResNet
+    schedule = make_preset(preset, names, epochs=2)
+    at = open_page(PAGE, "en", arch_config=TINY_ARCH.to_dict(), schedule_json=schedule.to_json())
+    at.run()
+    assert not at.exception
+    frozen = ", ".join(group.name for group in schedule.groups if group.unfreeze_epoch != 0)
+    warning = translate("en", "train.frozen_random_warning", groups=frozen)
+    assert (warning in texts(at.warning)) is warned
+    if warned:
+        assert frozen == "stem, layer1, layer2, layer3"  # only the head trains in epoch 0
+
+
+def test_reuse_restores_network_and_plan(store):
+    names = ["stem", "layer1", "layer2", "layer3", "head"]
+    schedule = make_preset("full_finetuning", names, epochs=3, steps_per_epoch=7)
+    config = {**run_config(epochs=3, data={"source": "digits", "max_per_class": 10}),
+              "architecture": TINY_ARCH.replace(num_classes=10).to_dict(), "schedule": schedule.to_dict()}
+    run_id = store.submit("train", config, name="to-reuse", owner="someone-else")
+    at = open_page(PAGE, "en")  # a new session: ResNet-18 and no plan
+    at.query_params["run"] = run_id
+    at.run()
+    assert at.session_state["arch_config"] != TINY_ARCH.replace(num_classes=10).to_dict()
+    at.button(key="train_reuse").click().run()
+    assert not at.exception
+    assert at.session_state["arch_config"]["stage_blocks"] == [1, 1, 1]
+    assert at.session_state["arch_config"]["base_width"] == 8
+    assert Schedule.from_json(at.session_state["schedule_json"]) == schedule
+    assert translate("en", "train.reused", run_id=run_id) in texts(at.caption)
+    store.cancel(run_id)
