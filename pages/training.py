@@ -39,6 +39,7 @@ TOP_LOSS_COLUMNS = 8
 STATUS_ICONS = {jobs.QUEUED: ":material/hourglass_top:", jobs.RUNNING: ":material/play_circle:",
                 jobs.DONE: ":material/check_circle:", jobs.FAILED: ":material/error:",
                 jobs.CANCELLED: ":material/stop_circle:", jobs.INTERRUPTED: ":material/warning:"}
+NEW_RUN_OPEN = "train_new_run_open"  # whether this session has the "New run" expander open
 REUSED_KEY = "train_reused_run"  # the run whose settings this session took last
 HISTORY_REFRESH_S = 2  # the history table refreshes this often while any run is queued or running
 
@@ -67,6 +68,7 @@ def open_run(run_id: str | None) -> None:
         st.query_params.pop(RUN_PARAM, None)
     else:
         st.query_params[RUN_PARAM] = run_id
+    st.session_state.pop(NEW_RUN_OPEN, None)  # the form goes back to its default: folded under a run
 
 
 def duration(seconds: float | None) -> str:
@@ -347,7 +349,7 @@ def history_table(runs: list[jobs.Run]) -> pd.DataFrame:
             t("train.col_status"): t(f"train.status_{run.status}"),
             t("train.col_started"): time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created)),
             t("train.col_epochs"): len(history),
-            t("train.col_best_acc"): float("nan") if best is None else round(best, 4),
+            t("train.col_best_acc"): "-" if best is None else f"{best:.1%}",  # Streamlit writes NaN as "None"
             t("train.col_owner"): t("train.owner_you") if run.owner == owner else (run.owner or "-"),
             t("train.col_device"): run.device,
             t("train.col_id"): run.id,
@@ -421,10 +423,14 @@ run_id = current_run_id()
 if run_id is not None:
     current_run_section(run_id)
 
-with st.expander(t("train.new_header"), expanded=run_id is None):
-    try:
-        new_run_form()
-    except LabError as error:
-        show_error(t, error)
+# The expander keeps its state in the session, so it stays open while a finishing run redraws
+# the page above it. A folded form is not built at all.
+new_run = st.expander(t("train.new_header"), expanded=run_id is None, key=NEW_RUN_OPEN, on_change="rerun")
+if new_run.open:
+    with new_run:
+        try:
+            new_run_form()
+        except LabError as error:
+            show_error(t, error)
 
 history_section(run_id)

@@ -467,3 +467,23 @@ class TestPageCatalog:
         keys += [f"tta.eval_src_{source}" for source in ("run_val", "zip")]
         keys += [f"tta.normalization_{name}" for name in ("imagenet", "half")]
         assert [key for key in keys if key not in catalog] == []
+
+
+class TestSharedModelUntouched:
+    """The page shares one model between sessions, so TTA must leave every tensor as it found it."""
+
+    def test_predict_and_evaluate_leave_model_unchanged(self, tiny_model):
+        tiny_model.eval()
+        before = {name: tensor.clone() for name, tensor in tiny_model.state_dict().items()}
+        grads_before = {name: p.requires_grad for name, p in tiny_model.named_parameters()}
+        families = list(tta.VIEW_FAMILIES)
+        for mode in tta.MERGE_MODES:
+            tta.predict_tta(tiny_model, noise_image(41, 29), SMALL, families, merge_mode=mode)
+        tta.evaluate(tiny_model, [(gradient_image(30, 30), 1), (noise_image(25, 40, 3), 2)], SMALL, families)
+        after = tiny_model.state_dict()
+        assert sorted(after) == sorted(before)
+        for name, tensor in before.items():
+            assert torch.equal(after[name], tensor), name
+        assert {name: p.requires_grad for name, p in tiny_model.named_parameters()} == grads_before
+        assert all(p.grad is None for p in tiny_model.parameters())
+        assert not tiny_model.training

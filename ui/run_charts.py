@@ -8,6 +8,8 @@ uses the same memory as in its first minute. Column names are the engine's metri
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -17,6 +19,7 @@ HEIGHT = 300
 TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#d62728"
 CATEGORY_AXIS = "category"  # class names such as "3" must stay labels, not numbers
 MARKERS_AND_LINES = "lines+markers"
+MAX_LABELLED_DECADES = 2  # a log axis up to this span gets labels at 1, 2 and 5 of each decade
 MAX_UNIT_TICKS = 10  # below this span of steps or epochs, one tick per step or epoch
 KEEP_ZOOM = "keep"  # Plotly uirevision: a redraw keeps the user's zoom and hidden traces
 REVERSED = "reversed"  # the confusion matrix reads top-down, first class first
@@ -32,6 +35,18 @@ def _figure(title: str, x_title: str, y_title: str, log_y: bool = False) -> go.F
     figure.update_yaxes(title=y_title)
     if log_y:  # written 1e-4 as in the course, not with Plotly's SI prefix ("100µ")
         figure.update_yaxes(type="log", exponentformat="e")
+    return figure
+
+
+def _few_decade_ticks(figure: go.Figure, values: list[pd.Series]) -> go.Figure:
+    """Label a log axis spanning a few decades at 1, 2 and 5 of each, in e-notation ("2e-3").
+
+    Plotly otherwise labels a narrow log axis with bare minor digits ("3, 2, 1e-3, 9, 8").
+    """
+    positive = pd.concat(values or [pd.Series(dtype=float)])
+    positive = positive[positive > 0]
+    if not positive.empty and math.log10(positive.max() / positive.min()) <= MAX_LABELLED_DECADES:
+        figure.update_yaxes(dtick="D2", tickformat=".0e")
     return figure
 
 
@@ -64,11 +79,14 @@ def train_val_figure(t: Translator, train: pd.DataFrame, val: pd.DataFrame, metr
 def group_figure(t: Translator, train: pd.DataFrame, prefix: str, title_key: str, axis_key: str) -> go.Figure:
     """Draw one line per layer group for the columns named `<prefix>/<group>`, on a log scale."""
     figure = _figure(t(title_key), t("train.axis_step"), t(axis_key), log_y=True)
+    drawn = []
     for column in [c for c in train.columns if c.startswith(prefix + "/")]:
         rows = _column(train, column)
         rows = rows[rows[column] > 0]  # a frozen group's LR is 0, which a log axis cannot show
         figure.add_trace(go.Scatter(x=rows["step"], y=rows[column], name=column.split("/", 1)[1],
                                     line=dict(width=1.5)))
+        drawn.append(rows[column])
+    _few_decade_ticks(figure, drawn)
     return _whole_number_ticks(figure, train["step"] if "step" in train.columns else pd.Series(dtype=float))
 
 

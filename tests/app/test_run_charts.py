@@ -44,3 +44,15 @@ def test_overlay_without_epochs_shows_note():
     figure = run_charts.overlay_figure(T, curves, "acc")
     assert figure.layout.annotations[0].text == translate("en", "train.overlay_empty")
     assert figure.layout.xaxis.visible is False
+
+
+def test_narrow_log_axis_labels_one_two_five():
+    figure = run_charts.group_figure(T, train_rows(4), "lr", "train.chart_lr", "train.axis_lr")
+    assert figure.layout.yaxis.dtick == "D2"
+    assert figure.layout.yaxis.tickformat == ".0e"
+
+
+def test_wide_log_axis_keeps_decade_labels():
+    rows = train_rows(4).assign(**{"lr/head": [1e-6, 1e-4, 1e-2, 1.0]})
+    figure = run_charts.group_figure(T, rows, "lr", "train.chart_lr", "train.axis_lr")
+    assert figure.layout.yaxis.dtick is None
