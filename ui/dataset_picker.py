@@ -168,16 +168,16 @@ def _render_samples(t: Translator, loaded: LoadedDataset, kept: list[str]) -> No
     chosen = sample_indices(loaded.train, len(loaded.classes), SAMPLES_PER_CLASS, seed=loaded.spec.seed)
     shown = [name for name in loaded.classes if name in kept][:MAX_PREVIEW_CLASSES]
     with st.expander(t("data.samples_title"), expanded=True):
+        images, captions = [], []  # one flowing gallery, class after class, each image captioned
         for name in shown:
-            label = loaded.classes.index(name)
-            images = []
-            for index in chosen[label]:
+            for index in chosen[loaded.classes.index(name)]:
                 try:
                     images.append(_thumbnail(loaded.train.load(index)))
                 except LabError:
                     continue  # the file changed since the scan; the run will report it
-            if images:
-                st.image(images, caption=[name] * len(images))
+                captions.append(name)
+        if images:
+            st.image(images, caption=captions)
         if len(kept) > len(shown):
             st.caption(t("data.samples_more", count=len(kept) - len(shown)))
 
