@@ -143,16 +143,12 @@ def screenshot(page, name: str) -> Path:
 
 
 # NOTE: the whole-class journey and the ten-session test pass on a 2-core machine of their own
-# but can time out when other heavy processes share it. Only a Playwright timeout is excused, so
-# a failed assertion still fails the run.
+# in about five minutes, but can time out when other heavy processes share it. A Playwright
+# timeout gets one more try, and a failed assertion or a second timeout fails the run.
 _LOAD_SENSITIVE_FILES = ("test_journey.py", "test_many_users.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-
     for item in items:
         if item.fspath.basename in _LOAD_SENSITIVE_FILES:
-            marker = pytest.mark.xfail(raises=PlaywrightTimeoutError, reason="timed out on a loaded machine",
-                                       strict=False)
-            item.add_marker(marker)
+            item.add_marker(pytest.mark.flaky(reruns=1, only_rerun=["TimeoutError"]))
