@@ -191,6 +191,8 @@ def status_block(run: jobs.Run) -> None:
             st.warning(t("train.cancelling"))
         text = t("train.progress", done=run.progress_done, total=run.progress_total or "?",
                  elapsed=duration(time.time() - run.started if run.started else None), eta=duration(run.eta_s))
+        if run.progress_total and run.progress_done >= run.progress_total:
+            text = t("train.progress_finishing", total=run.progress_total)  # last evaluation and files
         st.progress(min(1.0, run.progress), text=text)
     if run.message_key:
         show = st.error if run.status == jobs.FAILED else st.info

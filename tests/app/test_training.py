@@ -173,3 +173,17 @@ def test_reuse_restores_network_and_plan(store):
     assert Schedule.from_json(at.session_state["schedule_json"]) == schedule
     assert translate("en", "train.reused", run_id=run_id) in texts(at.caption)
     store.cancel(run_id)
+
+
+def test_last_steps_say_finishing(store):
+    run_id = store.submit("train", {"device": "finish-test"}, name="almost")
+    store.register_worker(os.getpid(), "finish-test")  # this process stands in for the worker
+    assert store.claim_next("finish-test", os.getpid()).id == run_id
+    store.update_progress(run_id, 40, 40)
+    at = open_page(PAGE, "en")
+    at.query_params["run"] = run_id
+    at.run()
+    assert not at.exception
+    assert at.get("progress")[0].proto.text == translate("en", "train.progress_finishing", total=40)
+    store.finish(run_id, jobs.DONE)
+    store.unregister_worker(os.getpid())
