@@ -44,6 +44,7 @@ class Term:
     pages: tuple[str, ...]  # pages that demonstrate it, the most direct first
     formula: str | None = None  # LaTeX for st.latex
     has_note: bool = False  # a correction of a common misreading
+    sections: tuple[tuple[str, str], ...] = ()  # (page, section) pairs: the link opens that section
 
 
 TERMS: tuple[Term, ...] = (
@@ -51,7 +52,7 @@ TERMS: tuple[Term, ...] = (
     Term("backbone", (FINETUNING, ARCHITECTURE)),
     Term("bottleneck", (ARCHITECTURE,), has_note=True),
     Term("cosine_annealing", (FINETUNING, TRAINING), COSINE),
-    Term("degradation", (GRADIENTS,), has_note=True),
+    Term("degradation", (GRADIENTS,), has_note=True, sections=((GRADIENTS, "degradation"),)),
     Term("discriminative_lr", (FINETUNING,), DISCRIMINATIVE),
     Term("downsample", (ARCHITECTURE,)),
     Term("early_stopping", (TRAINING,), has_note=True),

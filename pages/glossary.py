@@ -28,7 +28,9 @@ def page_links(term: Term) -> None:
         name = t(f"common.nav_{Path(page).stem}")
         with column:
             if (REPO_ROOT / page).exists():
-                page_link(page, name, icon=":material/arrow_forward:")
+                section = dict(term.sections).get(page)
+                page_link(page, name, icon=":material/arrow_forward:",
+                          query_params={"section": section} if section else None)
             else:
                 st.caption(t("glossary.page_missing", page=name))
 

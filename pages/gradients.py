@@ -43,6 +43,8 @@ LEARNING_RATES = (0.001, 0.01, 0.1, 0.5)
 SHATTERED_POINTS = (32, 64, 128, 256)
 SMOOTHING_STEPS = 10  # moving average of the degradation curves, in steps
 RUN_PARAM = "deg_run"  # query parameter holding the degradation run id: a reload keeps it
+SECTION_PARAM = "section"  # query parameter opening a section, e.g. from a glossary link
+LAST_RUN = "grad_deg_last_run"  # the session's degradation run, brought back after a page switch
 REQUEST = "grad_request"  # session key of the configuration last submitted
 
 t = page_setup("grad.title")
@@ -378,17 +380,24 @@ def _current_run_id() -> str | None:
     if not run_id:
         return None
     try:
-        return jobs.validate_run_id(run_id)
+        run_id = jobs.validate_run_id(run_id)
     except LabError as error:
         show_error(t, error)
         return None
+    st.session_state[LAST_RUN] = run_id
+    return run_id
 
 
 def _start_run(preset: str) -> None:
     config = degradation.preset_config(preset)
     run_id = jobs.submit("degradation", config.to_dict(), name=t(f"grad.preset_{preset}"))
     jobs.ensure_worker()
+    _show_run(run_id)
+
+
+def _show_run(run_id: str) -> None:
     st.query_params[RUN_PARAM] = run_id
+    st.session_state[LAST_RUN] = run_id
 
 
 def _run_picker() -> None:
@@ -403,7 +412,7 @@ def _run_picker() -> None:
     chosen = st.selectbox(t("grad.deg_previous"), ids, index=index, key="grad_deg_pick",
                           format_func=lambda run_id: labels[run_id], placeholder=t("grad.deg_pick_placeholder"))
     if chosen and chosen != current:
-        st.query_params[RUN_PARAM] = chosen
+        _show_run(chosen)
         st.rerun()
 
 
@@ -501,9 +510,12 @@ def _render_run(run_id: str) -> bool:
 
 
 @st.fragment(run_every=1)
-def _live_run(run_id: str) -> None:
+def _live_run(run_id: str, drawn_status: str) -> None:
     if not _render_run(run_id):
         st.rerun()  # the run ended: draw the final state once, without polling
+    run = jobs.get(run_id)
+    if run is not None and run.status != drawn_status:
+        st.rerun()  # queued -> running: redraw the run picker, whose labels show the status
 
 
 def degradation_section() -> None:
@@ -526,7 +538,7 @@ def degradation_section() -> None:
         return
     run = jobs.get(run_id)
     if run is not None and run.is_active:
-        _live_run(run_id)
+        _live_run(run_id, run.status)
     else:
         _render_run(run_id)
 
@@ -535,9 +547,16 @@ def degradation_section() -> None:
 
 st.title(t("grad.title"))
 st.markdown(t("grad.intro"))
-default_section = "degradation" if st.query_params.get(RUN_PARAM) else "probe"
-section = st.segmented_control(t("grad.section"), SECTIONS, default=default_section, key="grad_section",
-                               format_func=lambda value: t(f"grad.section_{value}")) or default_section
+if not st.query_params.get(RUN_PARAM) and st.session_state.get(LAST_RUN):
+    st.query_params[RUN_PARAM] = st.session_state[LAST_RUN]  # a page switch drops the query
+requested_section = st.query_params.get(SECTION_PARAM)
+if requested_section in SECTIONS:
+    st.session_state["grad_section"] = requested_section
+    del st.query_params[SECTION_PARAM]  # once opened, the section control decides
+if "grad_section" not in st.session_state:
+    st.session_state["grad_section"] = "degradation" if st.query_params.get(RUN_PARAM) else "probe"
+section = st.segmented_control(t("grad.section"), SECTIONS, key="grad_section",
+                               format_func=lambda value: t(f"grad.section_{value}")) or "probe"
 
 if section == "probe":
     probe_section()

@@ -39,6 +39,7 @@ TOP_LOSS_COLUMNS = 8
 STATUS_ICONS = {jobs.QUEUED: ":material/hourglass_top:", jobs.RUNNING: ":material/play_circle:",
                 jobs.DONE: ":material/check_circle:", jobs.FAILED: ":material/error:",
                 jobs.CANCELLED: ":material/stop_circle:", jobs.INTERRUPTED: ":material/warning:"}
+LAST_RUN = "train_last_run"  # the run this session shows, brought back after a page switch
 NEW_RUN_OPEN = "train_new_run_open"  # whether this session has the "New run" expander open
 REUSED_KEY = "train_reused_run"  # the run whose settings this session took last
 HISTORY_REFRESH_S = 2  # the history table refreshes this often while any run is queued or running
@@ -53,21 +54,26 @@ def session_owner() -> str:
 
 
 def current_run_id() -> str | None:
-    value = st.query_params.get(RUN_PARAM)
+    value = st.query_params.get(RUN_PARAM) or st.session_state.get(LAST_RUN)
     if not value:
         return None
     try:
-        return jobs.validate_run_id(value)
+        run_id = jobs.validate_run_id(value)
     except LabError as error:
         show_error(t, error)
         return None
+    st.query_params[RUN_PARAM] = run_id  # back in the URL after a page switch dropped it
+    st.session_state[LAST_RUN] = run_id
+    return run_id
 
 
 def open_run(run_id: str | None) -> None:
     if run_id is None:
         st.query_params.pop(RUN_PARAM, None)
+        st.session_state.pop(LAST_RUN, None)
     else:
         st.query_params[RUN_PARAM] = run_id
+        st.session_state[LAST_RUN] = run_id
     st.session_state.pop(NEW_RUN_OPEN, None)  # the form goes back to its default: folded under a run
 
 
@@ -320,6 +326,7 @@ def current_run_section(run_id: str) -> None:
     run = jobs.get(run_id)
     if run is None:
         st.warning(t("train.run_missing", run_id=run_id))
+        st.session_state.pop(LAST_RUN, None)  # deleted meanwhile: the next visit starts afresh
         return
     st.header(t("train.current_header", name=run.name))
     reuse_button(run)

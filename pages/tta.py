@@ -33,6 +33,8 @@ IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 DEFAULT_FAMILIES = ["identity", "hflip"]
 DEFAULT_SAMPLE = "chelsea"
 MAX_IMAGES = 6  # images analysed per page run; a warning appears when more are chosen
+KEPT_UPLOADS = "tta_kept_uploads"  # [(name, bytes)]: the uploads, still there after a page switch
+MAX_KEPT_BYTES = 20 * 1024 * 1024  # larger uploads are analysed but not kept in the session
 THUMB_MIN_SIDE = 128  # small inputs (32 px) are enlarged with nearest-neighbour so pixels show
 VIEW_COLUMNS = 5
 EVAL_MIN, EVAL_MAX, EVAL_DEFAULT = 10, 500, 50
@@ -189,6 +191,33 @@ def model_section(t: Translator) -> tuple[tta.ModelBundle, str] | None:
 # --- images -----------------------------------------------------------------------------------
 
 
+def keep_uploads() -> None:
+    """Remember the uploader's files: Streamlit empties the uploader when another page is opened."""
+    uploads = st.session_state.get("tta_uploads") or []
+    remembered = [(upload.name, upload.getvalue()) for upload in uploads[:MAX_IMAGES]]
+    if sum(len(data) for _, data in remembered) <= MAX_KEPT_BYTES:
+        st.session_state[KEPT_UPLOADS] = remembered
+    else:
+        st.session_state.pop(KEPT_UPLOADS, None)
+
+
+def forget_uploads() -> None:
+    st.session_state.pop(KEPT_UPLOADS, None)
+
+
+def uploaded_files(t: Translator) -> list[tuple[str, bytes]]:
+    uploads = st.file_uploader(t("tta.upload_label"), accept_multiple_files=True, key="tta_uploads",
+                               help=t("tta.upload_help"), on_change=keep_uploads)
+    if uploads:
+        return [(upload.name, upload.getvalue()) for upload in uploads]
+    remembered = st.session_state.get(KEPT_UPLOADS) or []
+    if remembered:
+        columns = st.columns([4, 1], vertical_alignment="center")
+        columns[0].caption(t("tta.kept_uploads", count=len(remembered), names=", ".join(name for name, _ in remembered)))
+        columns[1].button(t("tta.forget_uploads"), key="tta_forget_uploads", on_click=forget_uploads)
+    return list(remembered)
+
+
 def image_section(t: Translator) -> list[DecodedImage]:
     """Decode every chosen image through the shared decoder; bad files get a message each."""
     st.header(t("tta.images_header"))
@@ -202,9 +231,7 @@ def image_section(t: Translator) -> list[DecodedImage]:
                                 format_func=lambda n: t(f"tta.sample_{n}"))
         files = [(photos[name].file_name, photos[name].data) for name in chosen]
     elif source == "upload":
-        uploads = st.file_uploader(t("tta.upload_label"), accept_multiple_files=True, key="tta_uploads",
-                                   help=t("tta.upload_help"))
-        files = [(upload.name, upload.getvalue()) for upload in uploads or []]
+        files = uploaded_files(t)
     else:
         shot = st.camera_input(t("tta.camera_label"), key="tta_camera")
         if shot is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Callable
 
 import streamlit as st
@@ -88,6 +89,7 @@ def page_setup(title_key: str) -> Translator:
     """
     _leave_pages_folder_mode()
     state.init_state()
+    state.keep_widgets_of_other_pages(title_key.split(".", 1)[0])
     t = translator()
     st.set_page_config(page_title=f"{t(title_key)} · {t('common.app_title')}", layout="wide")
     _keep_language_in_url(t.lang)
@@ -120,7 +122,8 @@ def guarded(t: Translator, action: Callable[[], object]) -> object | None:
         return None
 
 
-def page_link(page_file: str, label: str, icon: str | None = None) -> None:
+def page_link(page_file: str, label: str, icon: str | None = None,
+              query_params: dict[str, str] | None = None) -> None:
     """Link to another page by its file (e.g. "pages/gradients.py").
 
     `st.page_link` only resolves pages known to the current navigation. When a page file runs
@@ -128,7 +131,8 @@ def page_link(page_file: str, label: str, icon: str | None = None) -> None:
     falls back to the page's URL, which both modes serve.
     """
     try:
-        st.page_link(page_file, label=label, icon=icon)
+        st.page_link(page_file, label=label, icon=icon, query_params=query_params)
     except StreamlitPageNotFoundError:
         url_path = page_file.rsplit("/", 1)[-1].removesuffix(".py")
-        st.markdown(f"[{label}](/{url_path})")
+        query = f"?{urllib.parse.urlencode(query_params)}" if query_params else ""
+        st.markdown(f"[{label}](/{url_path}{query})")

@@ -83,3 +83,12 @@ def test_every_term_names_its_pages():
     shown = len(at.get("page_link")) + len([m for m in at.markdown if m.value.startswith("[")])
     missing = [caption.value for caption in at.caption if "(not available yet)" in caption.value]
     assert shown + len(missing) == sum(len(term.pages) for term in TERMS)
+
+
+def test_degradation_link_opens_its_section():
+    at = open_page("app.py", "en")
+    at.run()
+    at.switch_page("pages/glossary.py").run()
+    assert not at.exception
+    query_strings = [link.proto.query_string for link in at.get("page_link")]
+    assert query_strings.count("section=degradation") == 1

@@ -158,3 +158,28 @@ def test_bad_run_id_shows_error(store):
     at.run()
     assert not at.exception
     assert at.error
+
+
+def test_degradation_run_survives_page_switch(finished_run):
+    at = open_page("app.py", "en")
+    at.run()
+    at.switch_page("pages/gradients.py")
+    at.query_params[RUN_PARAM] = finished_run
+    at.run()
+    assert at.session_state["grad_section"] == "degradation"
+    at.switch_page("pages/glossary.py").run()
+    at.query_params.pop(RUN_PARAM, None)  # the sidebar link drops the query, as in a browser
+    at.switch_page("pages/gradients.py").run()
+    assert not at.exception
+    assert at.session_state["grad_section"] == "degradation"
+    assert at.query_params[RUN_PARAM] in (finished_run, [finished_run])
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_section_from_query_opens_it():
+    at = open_page(PAGE, "en", grad_section="probe")
+    at.query_params["section"] = "degradation"
+    at.run()
+    assert not at.exception
+    assert at.session_state["grad_section"] == "degradation"
+    assert "section" not in at.query_params

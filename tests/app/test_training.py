@@ -187,3 +187,17 @@ def test_last_steps_say_finishing(store):
     assert at.get("progress")[0].proto.text == translate("en", "train.progress_finishing", total=40)
     store.finish(run_id, jobs.DONE)
     store.unregister_worker(os.getpid())
+
+
+def test_run_survives_page_switch(store, finished_run):
+    at = open_page("app.py", "en")
+    at.run()
+    at.switch_page(PAGE)
+    at.query_params["run"] = finished_run
+    at.run()
+    at.switch_page("pages/glossary.py").run()
+    at.query_params.pop("run", None)  # the sidebar link drops the query, as in a browser
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    assert translate("en", "train.current_header", name="digits-finished") in texts(at.header)
+    assert at.query_params["run"] in (finished_run, [finished_run])

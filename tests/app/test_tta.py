@@ -257,3 +257,24 @@ def test_camera_photo(finished_run):
     assert len(at.image) == 2 + 2
     captions = [caption for image in at.image for caption in image.captions]
     assert translate("es", "tta.original_caption", width=64, height=48) in captions
+
+
+def test_uploads_survive_page_switch(finished_run):
+    at = open_page("app.py")
+    at.run()
+    at.switch_page(PAGE).run()
+    at.radio(key="tta_image_source").set_value("upload").run()
+    at.file_uploader(key="tta_uploads").set_value([
+        ("wide.png", image_bytes(20, 90, seed=1), "image/png"),
+        ("tall.png", image_bytes(70, 15, seed=2), "image/png"),
+    ]).run()
+    assert len(at.tabs) == 2
+    at.switch_page("pages/glossary.py").run()
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    assert at.radio(key="tta_image_source").value == "upload"
+    assert len(at.tabs) == 2
+    assert translate("es", "tta.kept_uploads", count=2, names="wide.png, tall.png") in texts(at)
+    at.button(key="tta_forget_uploads").click().run()
+    assert len(at.tabs) == 0
+    assert translate("es", "tta.waiting_upload") in texts(at)
