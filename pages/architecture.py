@@ -228,6 +228,7 @@ def _stage_bars(summaries: list[tuple[str, ModelSummary]], value: str, title_key
                                 y=[getattr(group, value) for group in summary.groups], name=name))
     figure.update_layout(title=t(title_key), barmode="group", height=360, margin=dict(t=50, b=40),
                          xaxis_title=t("arch.axis_group"), yaxis_title=t(f"arch.axis_{value}"))
+    figure.update_yaxes(exponentformat="SI")  # 500M and 1G, as the page's metrics write MACs
     return figure
 
 

@@ -43,6 +43,7 @@ LEARNING_RATES = (0.001, 0.01, 0.1, 0.5)
 SHATTERED_POINTS = (32, 64, 128, 256)
 SMOOTHING_STEPS = 10  # moving average of the degradation curves, in steps
 RUN_PARAM = "deg_run"  # query parameter holding the degradation run id: a reload keeps it
+SIDE_LEGEND = {"orientation": "v", "x": 1.02, "y": 1}  # beside the plot: never over tick labels or axis titles
 SECTION_PARAM = "section"  # query parameter opening a section, e.g. from a glossary link
 LAST_RUN = "grad_deg_last_run"  # the session's degradation run, brought back after a page switch
 REQUEST = "grad_request"  # session key of the configuration last submitted
@@ -176,7 +177,7 @@ def _layer_chart(results: dict[str, list[ProbeResult]], shown: list[str], step: 
                                     name=t(f"grad.net_{variant}"), line={"color": COLOURS[variant]},
                                     customdata=result.main_path, hovertemplate="%{customdata}<br>%{y:.3e}"))
     figure.update_layout(title=t("grad.layers_title", step=step), height=420, margin={"t": 50, "b": 40},
-                         legend={"orientation": "h"})
+                         legend=SIDE_LEGEND)
     figure.update_xaxes(title=t("grad.axis_layer"))
     figure.update_yaxes(title=t("grad.axis_grad_norm"), type="log", exponentformat="power")
     st.plotly_chart(figure, key="grad_layers_chart")
@@ -213,7 +214,7 @@ def _signal_chart(results: dict[str, list[ProbeResult]], shown: list[str], step:
                                     mode="lines+markers", name=t(f"grad.net_{variant}"),
                                     line={"color": COLOURS[variant]}))
     figure.update_layout(title=t("grad.signal_title", step=step), height=380, margin={"t": 50, "b": 40},
-                         legend={"orientation": "h"})
+                         legend=SIDE_LEGEND)
     figure.update_xaxes(title=t("grad.axis_block"))
     figure.update_yaxes(title=t("grad.axis_std"), type="log", exponentformat="power")
     st.plotly_chart(figure, key="grad_signal_chart")
@@ -237,6 +238,10 @@ def _heatmaps(results: dict[str, list[ProbeResult]], shown: list[str]) -> None:
         layers = finite[0].main_path
         z = [[math.log10(result.param_grad_norm[name]) if result.param_grad_norm[name] > 0 else None
               for result in finite] for name in layers]  # (layers, steps)
+        zeros = sum(value is None for row in z for value in row)
+        if zeros == len(layers) * len(finite):
+            column.info(t("grad.heatmap_all_zero", net=t(f"grad.net_{variant}")))
+            continue
         figure = go.Figure(go.Heatmap(z=z, x=[result.step for result in finite], y=list(range(1, len(layers) + 1)),
                                       customdata=[[name] * len(finite) for name in layers],
                                       hovertemplate="%{customdata}<br>%{x}: 10^%{z:.2f}",
@@ -247,6 +252,8 @@ def _heatmaps(results: dict[str, list[ProbeResult]], shown: list[str]) -> None:
         figure.update_xaxes(title=t("grad.axis_step"), dtick=1)
         figure.update_yaxes(title=t("grad.axis_layer"))
         column.plotly_chart(figure, key=f"grad_heatmap_{variant}")
+        if zeros:
+            column.caption(t("grad.heatmap_zeros", count=zeros))
 
 
 def _groups_chart(results: dict[str, list[ProbeResult]], shown: list[str], step: int) -> None:
@@ -258,7 +265,7 @@ def _groups_chart(results: dict[str, list[ProbeResult]], shown: list[str], step:
         figure.add_trace(go.Bar(x=list(result.group_grad_norm), y=_positive_or_none(list(result.group_grad_norm.values())),
                                 name=t(f"grad.net_{variant}"), marker={"color": COLOURS[variant]}))
     figure.update_layout(title=t("grad.groups_title", step=step), barmode="group", height=340,
-                         margin={"t": 50, "b": 40}, legend={"orientation": "h"})
+                         margin={"t": 50, "b": 40}, legend=SIDE_LEGEND)
     figure.update_xaxes(title=t("grad.axis_group"))
     figure.update_yaxes(title=t("grad.axis_grad_norm"), type="log", exponentformat="power")
     st.plotly_chart(figure, key="grad_groups_chart")
@@ -350,11 +357,11 @@ def shattered_section() -> None:
                                          mode="lines+markers", name=t(f"grad.net_{variant}"),
                                          line={"color": COLOURS[variant]}))
     derivative.update_layout(title=t("grad.shattered_deriv_title"), height=360, margin={"t": 50, "b": 40},
-                             legend={"orientation": "h"})
+                             legend=SIDE_LEGEND)
     derivative.update_xaxes(title=t("grad.axis_t"))
     derivative.update_yaxes(title=t("grad.axis_deriv"))
     correlation.update_layout(title=t("grad.shattered_corr_title"), height=360, margin={"t": 50, "b": 40},
-                              legend={"orientation": "h"})
+                              legend=SIDE_LEGEND)
     correlation.update_xaxes(title=t("grad.axis_lag"))
     correlation.update_yaxes(title=t("grad.axis_corr"), range=[-0.2, 1.05])
 
@@ -441,7 +448,7 @@ def _loss_chart(run_id: str, plan: dict) -> None:
     figure.add_hline(y=math.log(10), line={"dash": "dash", "color": "#888888"},
                      annotation_text=t("grad.chance_level"))
     figure.update_layout(title=t("grad.deg_chart_title"), height=420, margin={"t": 50, "b": 40},
-                         legend={"orientation": "h"})
+                         legend=SIDE_LEGEND)
     steps_per_network = sorted(offsets.values())[1] if len(offsets) > 1 else None
     figure.update_xaxes(title=t("grad.axis_train_step"), range=[0, steps_per_network] if steps_per_network else None)
     figure.update_yaxes(title=t("grad.axis_train_loss"))

@@ -39,7 +39,8 @@ elif device["kind"] == "mps":
     st.caption(t("home.env_mps"))
 else:
     columns[2].metric(t("home.env_device"), t("home.cpu"))
-    st.caption(t("home.env_cpu", threads=device["threads"]))
+    threads = t("home.threads_one") if device["threads"] == 1 else t("home.threads_many", n=device["threads"])
+    st.caption(t("home.env_cpu", threads=threads))
 
 st.subheader(t("home.weights_header"))
 weights = report["weights"]

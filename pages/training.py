@@ -159,8 +159,9 @@ def new_run_form() -> None:
         return
     run_arch = arch.replace(num_classes=class_count(spec), in_channels=preprocessing["channels"],
                             input_size=preprocessing["input_size"])
-    st.caption(t("train.arch_adapted", classes=run_arch.num_classes, size=run_arch.input_size,
-                 channels=run_arch.in_channels))
+    channels = t("train.channels_one") if run_arch.in_channels == 1 else t("train.channels_many",
+                                                                             n=run_arch.in_channels)
+    st.caption(t("train.arch_adapted", classes=run_arch.num_classes, size=run_arch.input_size, channels=channels))
 
     st.subheader(t("train.weights_header"))
     weights = pick_weights(t, run_arch, key="train_weights")
@@ -378,7 +379,8 @@ def run_label(runs_by_id: dict[str, jobs.Run], run_id: str) -> str:
 
 
 def history_table_fragment() -> None:
-    st.dataframe(history_table(jobs.list_runs(kind="train")), hide_index=True, width="stretch")
+    wide = {t(f"train.col_{name}"): st.column_config.TextColumn(width="medium") for name in ("name", "status", "id")}
+    st.dataframe(history_table(jobs.list_runs(kind="train")), hide_index=True, width="stretch", column_config=wide)
 
 
 def history_section(current: str | None) -> None:

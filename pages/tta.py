@@ -331,7 +331,8 @@ def show_comparison(t: Translator, prediction: tta.TTAPrediction, names: list[st
     comparison = tta.compare_to_identity(prediction, k)
     agreeing = sum(top == comparison.merged_top for top in comparison.per_view_top)
     col1, col2, col3 = st.columns(3)
-    change = comparison.merged_confidence - comparison.reference_confidence
+    # How much TTA moved the probability of the class it predicts, whichever class that is.
+    change = comparison.merged_confidence - float(prediction.reference[comparison.merged_top])
     same_class = comparison.merged_top == comparison.reference_top
     col1.metric(t("tta.metric_identity"), names[comparison.reference_top],
                 t("tta.confidence", p=percent(comparison.reference_confidence)),

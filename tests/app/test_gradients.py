@@ -183,3 +183,14 @@ def test_section_from_query_opens_it():
     assert not at.exception
     assert at.session_state["grad_section"] == "degradation"
     assert "section" not in at.query_params
+
+
+def test_zero_gamma_plain_heatmap_explained():
+    request = {"arch": cifar_config(8, init="zero_gamma").to_dict(),
+               "settings": dataclasses.asdict(ProbeSettings(batch_size=8, data="noise", steps=1))}
+    at = open_page(PAGE, "en", grad_request=request)
+    at.run()
+    assert not at.exception
+    infos = texts(at.info)
+    assert translate("en", "grad.heatmap_all_zero", net=translate("en", "grad.net_plain")) in infos
+    assert translate("en", "grad.heatmap_all_zero", net=translate("en", "grad.net_residual")) not in infos
