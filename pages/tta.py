@@ -9,6 +9,7 @@ and draws.
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 
 import numpy as np
@@ -27,6 +28,8 @@ from ui.common import Translator, page_setup, show_error
 
 MODEL_SOURCES = ("run", "imagenet", "checkpoint")
 IMAGE_SOURCES = ("sample", "upload", "camera")
+RUN_IMAGES = "run_val"  # one more image source when the model is a run: its own validation images
+RUN_IMAGE_CHOICES = 12  # validation images offered, spread over the classes
 EVAL_SOURCES = ("run_val", "zip")
 NORMALIZATIONS = ("imagenet", "half")
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
@@ -218,13 +221,37 @@ def uploaded_files(t: Translator) -> list[tuple[str, bytes]]:
     return list(remembered)
 
 
-def image_section(t: Translator) -> list[DecodedImage]:
+def run_images(t: Translator, run_id: str, class_names: list[str]) -> list[tuple[str, bytes]]:
+    """Offer a few of the run's own validation images, so a digits model gets digits to look at."""
+    try:
+        split = run_validation_split(run_id)
+    except LabError as error:
+        show_error(t, error)
+        return []
+    offered = tta.pick_evenly(split.labels.tolist(), RUN_IMAGE_CHOICES)
+    labels = {index: t("tta.run_image_option", index=index, label=class_names[int(split.labels[index])])
+              for index in offered}
+    chosen = st.multiselect(t("tta.run_image_select"), offered, default=offered[:2], key=f"tta_run_images_{run_id}",
+                            format_func=lambda index: labels[index])
+    files = []
+    for index in chosen:
+        buffer = io.BytesIO()
+        split.load(index).save(buffer, format="PNG")
+        files.append((f"val-{index}.png", buffer.getvalue()))
+    return files
+
+
+def image_section(t: Translator, bundle: tta.ModelBundle | None) -> list[DecodedImage]:
     """Decode every chosen image through the shared decoder; bad files get a message each."""
     st.header(t("tta.images_header"))
-    source = st.radio(t("tta.image_source"), IMAGE_SOURCES, key="tta_image_source", horizontal=True,
+    from_run = bundle is not None and bundle.source == "run"
+    sources = (RUN_IMAGES, *IMAGE_SOURCES) if from_run else IMAGE_SOURCES
+    source = st.radio(t("tta.image_source"), sources, key="tta_image_source", horizontal=True,
                       format_func=lambda s: t(f"tta.src_{s}"))
     files: list[tuple[str, bytes]] = []
-    if source == "sample":
+    if source == RUN_IMAGES:
+        files = run_images(t, bundle.label, bundle.class_names)
+    elif source == "sample":
         photos = {photo.name: photo for photo in sample_photos()}
         default = [DEFAULT_SAMPLE] if DEFAULT_SAMPLE in photos else []
         chosen = st.multiselect(t("tta.sample_select"), list(photos), default=default, key="tta_samples",
@@ -550,7 +577,7 @@ st.title(t("tta.title"))
 st.markdown(t("tta.intro"))
 
 chosen_model = model_section(t)
-chosen_images = image_section(t)
+chosen_images = image_section(t, chosen_model[0] if chosen_model is not None else None)
 chosen_views = views_section(t)
 
 if chosen_model is not None and chosen_views is not None:

@@ -12,7 +12,8 @@ from PIL import Image
 from safetensors.torch import save as save_safetensors
 
 from core import checkpoints, jobs, tta
-from core.data import Preprocessing
+from core.checkpoints import read_run_config
+from core.data import DatasetSpec, Preprocessing, load_dataset
 from core.i18n import translate
 from core.images import decode_image
 from core.models import build_resnet, cifar_config
@@ -92,6 +93,7 @@ def test_run_model_on_sample_photo(finished_run, lang):
     at.run()
     assert not at.exception
     assert at.radio(key="tta_model_source").value == "run"
+    at.radio(key="tta_image_source").set_value("sample").run()
     metrics = metric_values(at)
     identity_label = translate(lang, "tta.metric_identity")
     assert metrics[identity_label] in CLASS_NAMES
@@ -130,6 +132,7 @@ def test_upload_and_choose_views(finished_run):
 def test_merge_modes_match_core(finished_run, mode):
     at = open_page(PAGE)
     at.run()
+    at.radio(key="tta_image_source").set_value("sample").run()
     at.multiselect(key="tta_families").set_value(["hflip", "scales", "rotations"]).run()
     at.radio(key="tta_merge").set_value(mode).run()
     assert not at.exception
@@ -278,3 +281,27 @@ def test_uploads_survive_page_switch(finished_run):
     at.button(key="tta_forget_uploads").click().run()
     assert len(at.tabs) == 0
     assert translate("es", "tta.waiting_upload") in texts(at)
+
+
+def test_run_model_starts_on_its_validation_images(finished_run):
+    at = open_page(PAGE, "en")
+    at.run()
+    assert not at.exception
+    assert at.radio(key="tta_image_source").value == "run_val"
+    assert len(at.tabs) == 2  # the first two validation images offered, one tab each
+
+    split = load_dataset(DatasetSpec.from_dict(read_run_config(jobs.run_dir(finished_run))["data"])).val
+    first = tta.pick_evenly(split.labels.tolist(), 12)[0]
+    bundle = tta.bundle_from_run(jobs.run_dir(finished_run))
+    image = decode_image(png_bytes(split.load(first)), "val.png").image
+    with torch.inference_mode():
+        plain = bundle.model(bundle.preprocessing(image)[None])[0]
+    identity_label = translate("en", "tta.metric_identity")
+    assert at.tabs[0].get("metric")[0].label == identity_label
+    assert at.tabs[0].get("metric")[0].value == CLASS_NAMES[int(plain.argmax())]
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
