@@ -66,7 +66,7 @@ KEPT_WIDGETS: dict[str, tuple[str, ...]] = {
     "grad": ("grad_section", "grad_family", "grad_block", "grad_use_arch", "grad_depth_*", "grad_input_size_*",
              "grad_batch_size", "grad_data", "grad_batch_norm", "grad_init", "grad_steps", "grad_lr", "grad_seed",
              "grad_shown", "grad_points", "grad_preset"),
-    "tta": ("tta_model_source", "tta_imagenet_depth", "tta_checkpoint_size", "tta_checkpoint_norm",
+    "tta": ("tta_model_source", "tta_run_images_*", "tta_imagenet_depth", "tta_checkpoint_size", "tta_checkpoint_norm",
             "tta_image_source", "tta_samples", "tta_families", "tta_merge", "tta_topk", "tta_eval_source",
             "tta_eval_limit"),
     "train": ("train_epochs", "train_batch_size", "train_clip", "train_smoothing", "train_early", "train_monitor",
