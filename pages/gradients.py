@@ -149,9 +149,11 @@ def _explain(findings: list[Finding], general_key: str) -> None:
     st.markdown("\n".join(f"- {_say(finding)}" for finding in findings))
 
 
-def _model_line(arch: ResNetConfig, settings: ProbeSettings) -> None:
+def _model_line(arch: ResNetConfig, settings: ProbeSettings, place) -> None:
+    """Write what was measured into `place`, filled once the results exist, so it never names a
+    network above the previous network's charts."""
     name = canonical_name(arch.replace(skip=True)) or t("grad.custom_model")
-    st.caption(t("grad.model_line", name=name, block=t(f"grad.block_{arch.block}"),
+    place.caption(t("grad.model_line", name=name, block=t(f"grad.block_{arch.block}"),
                  bn=t("grad.yes") if arch.batch_norm else t("grad.no"), init=t(f"grad.init_{arch.init}"),
                  batch=settings.batch_size, data=t(f"grad.data_{settings.data}"), steps=settings.steps,
                  lr=settings.lr, size=arch.input_size))
@@ -300,14 +302,14 @@ def probe_section() -> None:
     family, block = _family_widgets()
     _probe_form(family, block)
     arch, settings = _request()
-    _model_line(arch, settings)
-
+    line = st.empty()
     try:
         with st.spinner(t("grad.computing")):
             results = _cached_compare(*_keys(arch, settings), str(pick_device()))
     except LabError as error:
         show_error(t, error)
         return
+    _model_line(arch, settings, line)
 
     shown = st.pills(t("grad.networks"), VARIANTS, selection_mode="multi", default=list(VARIANTS),
                      key="grad_shown", format_func=lambda value: t(f"grad.net_{value}")) or list(VARIANTS)
@@ -336,7 +338,7 @@ def probe_section() -> None:
 def shattered_section() -> None:
     st.markdown(t("grad.shattered_intro"))
     arch, settings = _request()
-    _model_line(arch, settings)
+    line = st.empty()
     points = st.select_slider(t("grad.points"), SHATTERED_POINTS, value=64, key="grad_points")
     try:
         with st.spinner(t("grad.computing")):
@@ -344,6 +346,7 @@ def shattered_section() -> None:
     except LabError as error:
         show_error(t, error)
         return
+    _model_line(arch, settings, line)
 
     derivative = go.Figure()
     correlation = go.Figure()
