@@ -65,11 +65,11 @@ def _request() -> tuple[ResNetConfig, ProbeSettings]:
 def _family_widgets() -> tuple[str, str]:
     """Family and block sit outside the form: they decide which depths the form offers."""
     columns = st.columns(2)
-    family = columns[0].radio(t("grad.family"), ("cifar", "imagenet"), key="grad_family", horizontal=True,
+    family = columns[0].radio(t("grad.family"), ("cifar", "imagenet"), key="grad_family", persist_state="session", horizontal=True,
                               format_func=lambda value: t(f"grad.family_{value}"))
     block = "basic"
     if family == "cifar":
-        block = columns[1].radio(t("grad.block"), ("basic", "bottleneck"), key="grad_block", horizontal=True,
+        block = columns[1].radio(t("grad.block"), ("basic", "bottleneck"), key="grad_block", persist_state="session", horizontal=True,
                                  format_func=lambda value: t(f"grad.block_{value}"))
     return family, block
 
@@ -77,25 +77,25 @@ def _family_widgets() -> tuple[str, str]:
 def _probe_form(family: str, block: str) -> None:
     arch_name = canonical_name(state.get_arch_config()) or t("grad.custom_model")
     with st.form("grad_probe_form"):
-        use_arch = st.checkbox(t("grad.use_arch", name=arch_name), key="grad_use_arch", help=t("grad.use_arch_help"))
+        use_arch = st.checkbox(t("grad.use_arch", name=arch_name), key="grad_use_arch", persist_state="session", help=t("grad.use_arch_help"))
         columns = st.columns(4)
         if family == "cifar":
-            depth = columns[0].selectbox(t("grad.depth"), CIFAR_DEPTHS[block], index=2, key=f"grad_depth_{block}")
+            depth = columns[0].selectbox(t("grad.depth"), CIFAR_DEPTHS[block], index=2, key=f"grad_depth_{block}", persist_state="session")
         else:
-            depth = columns[0].selectbox(t("grad.depth"), IMAGENET_DEPTHS, key="grad_depth_imagenet",
+            depth = columns[0].selectbox(t("grad.depth"), IMAGENET_DEPTHS, key="grad_depth_imagenet", persist_state="session",
                                          help=t("grad.imagenet_block_help"))
         # Applies to the model from Arquitectura too: a 224-px probe of a deep net is slow on a CPU.
         input_size = columns[0].selectbox(t("grad.input_size"), INPUT_SIZES, index=0 if family == "cifar" else 1,
-                                          key=f"grad_input_size_{family}", help=t("grad.input_size_help"))
-        batch_size = columns[1].select_slider(t("grad.batch_size"), BATCH_SIZES, value=32, key="grad_batch_size")
-        data = columns[1].radio(t("grad.data"), ("digits", "noise"), key="grad_data",
+                                          key=f"grad_input_size_{family}", persist_state="session", help=t("grad.input_size_help"))
+        batch_size = columns[1].select_slider(t("grad.batch_size"), BATCH_SIZES, value=32, key="grad_batch_size", persist_state="session")
+        data = columns[1].radio(t("grad.data"), ("digits", "noise"), key="grad_data", persist_state="session",
                                 format_func=lambda value: t(f"grad.data_{value}"))
-        batch_norm = columns[2].toggle(t("grad.batch_norm"), value=True, key="grad_batch_norm")
-        init = columns[2].selectbox(t("grad.init"), ("he", "default", "zero_gamma", "fixup"), key="grad_init",
+        batch_norm = columns[2].toggle(t("grad.batch_norm"), value=True, key="grad_batch_norm", persist_state="session")
+        init = columns[2].selectbox(t("grad.init"), ("he", "default", "zero_gamma", "fixup"), key="grad_init", persist_state="session",
                                     format_func=lambda value: t(f"grad.init_{value}"), help=t("grad.init_help"))
-        steps = columns[3].number_input(t("grad.steps"), 0, MAX_STEPS, 5, key="grad_steps", help=t("grad.steps_help"))
-        lr = columns[3].select_slider(t("grad.lr"), LEARNING_RATES, value=0.1, key="grad_lr")
-        seed = columns[3].number_input(t("grad.seed"), 0, 10_000, 0, key="grad_seed")
+        steps = columns[3].number_input(t("grad.steps"), 0, MAX_STEPS, 5, key="grad_steps", persist_state="session", help=t("grad.steps_help"))
+        lr = columns[3].select_slider(t("grad.lr"), LEARNING_RATES, value=0.1, key="grad_lr", persist_state="session")
+        seed = columns[3].number_input(t("grad.seed"), 0, 10_000, 0, key="grad_seed", persist_state="session")
         submitted = st.form_submit_button(t("grad.run"), type="primary", key="grad_run")
 
     if not submitted:
@@ -312,7 +312,7 @@ def probe_section() -> None:
     _model_line(arch, settings, line)
 
     shown = st.pills(t("grad.networks"), VARIANTS, selection_mode="multi", default=list(VARIANTS),
-                     key="grad_shown", format_func=lambda value: t(f"grad.net_{value}")) or list(VARIANTS)
+                     key="grad_shown", persist_state="session", format_func=lambda value: t(f"grad.net_{value}")) or list(VARIANTS)
     _divergence_banners(results, settings)
     longest = max(len(steps) for steps in results.values())
     step = 0
@@ -339,7 +339,7 @@ def shattered_section() -> None:
     st.markdown(t("grad.shattered_intro"))
     arch, settings = _request()
     line = st.empty()
-    points = st.select_slider(t("grad.points"), SHATTERED_POINTS, value=64, key="grad_points")
+    points = st.select_slider(t("grad.points"), SHATTERED_POINTS, value=64, key="grad_points", persist_state="session")
     try:
         with st.spinner(t("grad.computing")):
             results = _cached_shattered(*_keys(arch, settings), points)
@@ -530,7 +530,7 @@ def _live_run(run_id: str, drawn_status: str) -> None:
 
 def degradation_section() -> None:
     st.markdown(t("grad.deg_intro"))
-    preset = st.radio(t("grad.preset"), degradation.PRESETS, key="grad_preset", horizontal=True,
+    preset = st.radio(t("grad.preset"), degradation.PRESETS, key="grad_preset", persist_state="session", horizontal=True,
                       format_func=lambda value: t(f"grad.preset_{value}"))
     config = degradation.preset_config(preset)
     st.caption(t("grad.preset_desc", shallow=config.depths[0], deep=config.depths[1], epochs=config.epochs,
@@ -565,7 +565,7 @@ if requested_section in SECTIONS:
     del st.query_params[SECTION_PARAM]  # once opened, the section control decides
 if "grad_section" not in st.session_state:
     st.session_state["grad_section"] = "degradation" if st.query_params.get(RUN_PARAM) else "probe"
-section = st.segmented_control(t("grad.section"), SECTIONS, key="grad_section",
+section = st.segmented_control(t("grad.section"), SECTIONS, key="grad_section", persist_state="session",
                                format_func=lambda value: t(f"grad.section_{value}")) or "probe"
 
 if section == "probe":

@@ -90,7 +90,7 @@ def schedule_choice(run_arch) -> tuple[dict | None, int | None]:
     if not schedule_json:
         st.info(t("train.schedule_default", lr=f"{1e-3:g}"))
         epochs = st.number_input(t("train.epochs"), min_value=1, max_value=200, value=DEFAULT_EPOCHS, step=1,
-                                 key="train_epochs")
+                                 key="train_epochs", persist_state="session")
         return None, int(epochs)
 
     schedule = Schedule.from_json(schedule_json)
@@ -109,21 +109,21 @@ def training_options() -> dict:
     with st.expander(t("train.options_title")):
         columns = st.columns(3)
         batch_size = columns[0].selectbox(t("train.batch_size"), BATCH_SIZES, index=BATCH_SIZES.index(32),
-                                          key="train_batch_size")
+                                          key="train_batch_size", persist_state="session")
         clip = columns[1].number_input(t("train.grad_clip"), min_value=0.0, max_value=100.0, value=0.0, step=0.5,
-                                       key="train_clip", help=t("train.grad_clip_help"))
+                                       key="train_clip", persist_state="session", help=t("train.grad_clip_help"))
         smoothing = columns[2].number_input(t("train.label_smoothing"), min_value=0.0, max_value=0.5, value=0.0,
-                                            step=0.05, key="train_smoothing")
-        stop = columns[0].toggle(t("train.early_stopping"), value=True, key="train_early",
+                                            step=0.05, key="train_smoothing", persist_state="session")
+        stop = columns[0].toggle(t("train.early_stopping"), value=True, key="train_early", persist_state="session",
                                  help=t("train.early_stopping_help"))
-        monitor = columns[1].selectbox(t("train.monitor"), MONITORS, key="train_monitor",
+        monitor = columns[1].selectbox(t("train.monitor"), MONITORS, key="train_monitor", persist_state="session",
                                        format_func=lambda m: t(f"train.monitor_{m}"), disabled=not stop)
         patience = columns[2].number_input(t("train.patience"), min_value=1, max_value=50, value=3, step=1,
-                                           key="train_patience", disabled=not stop)
+                                           key="train_patience", persist_state="session", disabled=not stop)
         min_delta = columns[0].number_input(t("train.min_delta"), min_value=0.0, max_value=1.0, value=0.0,
-                                            step=0.001, format="%.3f", key="train_min_delta", disabled=not stop)
-        amp = columns[1].toggle(t("train.amp"), value=True, key="train_amp", help=t("train.amp_help"))
-        channels_last = columns[2].toggle(t("train.channels_last"), value=True, key="train_channels_last",
+                                            step=0.001, format="%.3f", key="train_min_delta", persist_state="session", disabled=not stop)
+        amp = columns[1].toggle(t("train.amp"), value=True, key="train_amp", persist_state="session", help=t("train.amp_help"))
+        channels_last = columns[2].toggle(t("train.channels_last"), value=True, key="train_channels_last", persist_state="session",
                                           help=t("train.channels_last_help"))
     return {
         "batch_size": int(batch_size),
@@ -174,7 +174,7 @@ def new_run_form() -> None:
             st.warning(t("train.frozen_random_warning", groups=", ".join(frozen)))
     options = training_options()
 
-    run_name = st.text_input(t("train.run_name"), key="train_run_name", placeholder=t("train.run_name_placeholder"))
+    run_name = st.text_input(t("train.run_name"), key="train_run_name", persist_state="session", placeholder=t("train.run_name_placeholder"))
     if st.button(t("train.start"), type="primary", key="train_start"):
         config = {"architecture": run_arch.to_dict(), "schedule": schedule, "epochs": epochs, "data": spec,
                   "preprocessing": preprocessing, "weights": weights, "train": options}

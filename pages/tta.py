@@ -117,7 +117,7 @@ def imagenet_option(t: Translator, depth: int) -> str:
 def choose_imagenet_model(t: Translator) -> tuple[tta.ModelBundle, str] | None:
     cached = [d for d in IMAGENET_DEPTHS if weights.is_cached(weights.DEFAULT_IMAGENET_WEIGHTS[d])]
     default_index = IMAGENET_DEPTHS.index(cached[0]) if cached else 0
-    depth = st.selectbox(t("tta.imagenet_depth"), IMAGENET_DEPTHS, index=default_index, key="tta_imagenet_depth",
+    depth = st.selectbox(t("tta.imagenet_depth"), IMAGENET_DEPTHS, index=default_index, key="tta_imagenet_depth", persist_state="session",
                          format_func=lambda d: imagenet_option(t, d))
     name = weights.DEFAULT_IMAGENET_WEIGHTS[depth]
     if not weights.is_cached(name):
@@ -137,8 +137,8 @@ def choose_checkpoint_model(t: Translator) -> tuple[tta.ModelBundle, str] | None
     upload = st.file_uploader(t("tta.checkpoint_upload"), key="tta_checkpoint", help=t("tta.checkpoint_help"))
     left, right = st.columns(2)
     input_size = left.number_input(t("tta.checkpoint_input_size"), min_value=8, max_value=1024, value=None,
-                                   step=8, key="tta_checkpoint_size", placeholder=t("tta.checkpoint_size_auto"))
-    normalization = right.selectbox(t("tta.checkpoint_normalization"), NORMALIZATIONS, key="tta_checkpoint_norm",
+                                   step=8, key="tta_checkpoint_size", persist_state="session", placeholder=t("tta.checkpoint_size_auto"))
+    normalization = right.selectbox(t("tta.checkpoint_normalization"), NORMALIZATIONS, key="tta_checkpoint_norm", persist_state="session",
                                     format_func=lambda n: t(f"tta.normalization_{n}"))
     if upload is None:
         st.info(t("tta.checkpoint_waiting"))
@@ -174,7 +174,7 @@ def model_section(t: Translator) -> tuple[tta.ModelBundle, str] | None:
     runs = finished_runs()
     if "tta_model_source" not in st.session_state:
         st.session_state["tta_model_source"] = default_model_source(runs)
-    source = st.radio(t("tta.model_source"), MODEL_SOURCES, key="tta_model_source", horizontal=True,
+    source = st.radio(t("tta.model_source"), MODEL_SOURCES, key="tta_model_source", persist_state="session", horizontal=True,
                       format_func=lambda s: t(f"tta.model_src_{s}"))
     try:
         if source == "run":
@@ -231,7 +231,7 @@ def run_images(t: Translator, run_id: str, class_names: list[str]) -> list[tuple
     offered = tta.pick_evenly(split.labels.tolist(), RUN_IMAGE_CHOICES)
     labels = {index: t("tta.run_image_option", index=index, label=class_names[int(split.labels[index])])
               for index in offered}
-    chosen = st.multiselect(t("tta.run_image_select"), offered, default=offered[:2], key=f"tta_run_images_{run_id}",
+    chosen = st.multiselect(t("tta.run_image_select"), offered, default=offered[:2], key=f"tta_run_images_{run_id}", persist_state="session",
                             format_func=lambda index: labels[index])
     files = []
     for index in chosen:
@@ -246,7 +246,7 @@ def image_section(t: Translator, bundle: tta.ModelBundle | None) -> list[Decoded
     st.header(t("tta.images_header"))
     from_run = bundle is not None and bundle.source == "run"
     sources = (RUN_IMAGES, *IMAGE_SOURCES) if from_run else IMAGE_SOURCES
-    source = st.radio(t("tta.image_source"), sources, key="tta_image_source", horizontal=True,
+    source = st.radio(t("tta.image_source"), sources, key="tta_image_source", persist_state="session", horizontal=True,
                       format_func=lambda s: t(f"tta.src_{s}"))
     files: list[tuple[str, bytes]] = []
     if source == RUN_IMAGES:
@@ -254,7 +254,7 @@ def image_section(t: Translator, bundle: tta.ModelBundle | None) -> list[Decoded
     elif source == "sample":
         photos = {photo.name: photo for photo in sample_photos()}
         default = [DEFAULT_SAMPLE] if DEFAULT_SAMPLE in photos else []
-        chosen = st.multiselect(t("tta.sample_select"), list(photos), default=default, key="tta_samples",
+        chosen = st.multiselect(t("tta.sample_select"), list(photos), default=default, key="tta_samples", persist_state="session",
                                 format_func=lambda n: t(f"tta.sample_{n}"))
         files = [(photos[name].file_name, photos[name].data) for name in chosen]
     elif source == "upload":
@@ -295,12 +295,12 @@ def view_label(t: Translator, view: tta.View) -> str:
 
 def views_section(t: Translator) -> tuple[list[str], str, int] | None:
     st.header(t("tta.views_header"))
-    families = st.multiselect(t("tta.views_label"), tta.VIEW_FAMILIES, default=DEFAULT_FAMILIES, key="tta_families",
+    families = st.multiselect(t("tta.views_label"), tta.VIEW_FAMILIES, default=DEFAULT_FAMILIES, key="tta_families", persist_state="session",
                               format_func=lambda f: family_label(t, f), help=t("tta.views_help"))
     left, right = st.columns([2, 1])
-    mode = left.radio(t("tta.merge_label"), tta.MERGE_MODES, key="tta_merge", horizontal=True,
+    mode = left.radio(t("tta.merge_label"), tta.MERGE_MODES, key="tta_merge", persist_state="session", horizontal=True,
                       format_func=lambda m: t(f"tta.merge_{m}"), help=t("tta.merge_help"))
-    k = right.slider(t("tta.topk_label"), min_value=1, max_value=10, value=5, key="tta_topk")
+    k = right.slider(t("tta.topk_label"), min_value=1, max_value=10, value=5, key="tta_topk", persist_state="session")
     if not families:
         st.warning(t("tta.err_no_views"))
         return None
@@ -538,9 +538,9 @@ def evaluation_section(t: Translator, bundle: tta.ModelBundle, model_key: str, f
     st.header(t("tta.eval_header"))
     st.caption(t("tta.eval_intro"))
     sources = EVAL_SOURCES if bundle.source == "run" else ("zip",)
-    source = st.radio(t("tta.eval_source"), sources, key="tta_eval_source", horizontal=True,
+    source = st.radio(t("tta.eval_source"), sources, key="tta_eval_source", persist_state="session", horizontal=True,
                       format_func=lambda s: t(f"tta.eval_src_{s}"))
-    limit = st.slider(t("tta.eval_max_images"), EVAL_MIN, EVAL_MAX, EVAL_DEFAULT, step=10, key="tta_eval_limit")
+    limit = st.slider(t("tta.eval_max_images"), EVAL_MIN, EVAL_MAX, EVAL_DEFAULT, step=10, key="tta_eval_limit", persist_state="session")
     try:
         found = labelled_samples(t, bundle, source, limit)
     except LabError as error:

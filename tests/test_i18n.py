@@ -35,7 +35,7 @@ NON_TEXT_KEYWORDS = {
     "overlaying", "xref", "yref", "ids", "customdata", "hovertemplate", "texttemplate", "nbinsx",
     "col", "row", "scaleanchor", "gap", "vertical_alignment", "align", "help_text_key", "on_click",
     "on_change", "selection_mode", "args", "kwargs", "accept_multiple_files", "step", "min_value",
-    "max_value", "value", "index", "options", "placeholder_key", "unit", "exponentformat",
+    "max_value", "value", "index", "options", "placeholder_key", "unit", "exponentformat", "persist_state",
 }
 
 

@@ -89,7 +89,6 @@ def page_setup(title_key: str) -> Translator:
     """
     _leave_pages_folder_mode()
     state.init_state()
-    state.keep_widgets_of_other_pages(title_key.split(".", 1)[0])
     t = translator()
     st.set_page_config(page_title=f"{t(title_key)} · {t('common.app_title')}", layout="wide")
     _keep_language_in_url(t.lang)

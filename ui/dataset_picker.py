@@ -75,14 +75,14 @@ def _source_inputs(t: Translator, source: str, key: str) -> dict | None:
                      skipped=len(extracted.skipped)))
         return {"path": str(extracted.root), "upload_name": upload.name}
     if source == "folder":
-        path = st.text_input(t("data.folder_label"), key=f"{key}_folder", help=t("data.folder_help"),
+        path = st.text_input(t("data.folder_label"), key=f"{key}_folder", persist_state="session", help=t("data.folder_help"),
                              placeholder=t("data.folder_placeholder"))
         if not path.strip():
             st.info(t("data.folder_waiting"))
             return None
         return {"path": path.strip()}
     if source == "cifar10":
-        allow = st.checkbox(t("data.cifar_allow_download"), key=f"{key}_cifar_download",
+        allow = st.checkbox(t("data.cifar_allow_download"), key=f"{key}_cifar_download", persist_state="session",
                             help=t("data.cifar_allow_download_help"))
         return {"allow_download": allow}
     return {}
@@ -91,18 +91,18 @@ def _source_inputs(t: Translator, source: str, key: str) -> dict | None:
 def _split_options(t: Translator, key: str) -> dict:
     columns = st.columns(3)
     val_percent = columns[0].slider(t("data.val_fraction"), min_value=5, max_value=50, value=20, step=5,
-                                    key=f"{key}_val", help=t("data.val_fraction_help"), format="%d %%")
+                                    key=f"{key}_val", persist_state="session", help=t("data.val_fraction_help"), format="%d %%")
     seed = columns[1].number_input(t("data.seed"), min_value=0, max_value=2**31 - 1, value=0, step=1,
-                                   key=f"{key}_seed", help=t("data.seed_help"))
+                                   key=f"{key}_seed", persist_state="session", help=t("data.seed_help"))
     cap = columns[2].number_input(t("data.max_per_class"), min_value=0, max_value=100_000, value=0, step=50,
-                                  key=f"{key}_cap", help=t("data.max_per_class_help"))
+                                  key=f"{key}_cap", persist_state="session", help=t("data.max_per_class_help"))
     return {"val_fraction": val_percent / 100, "seed": int(seed), "max_per_class": int(cap) or None}
 
 
 def pick_dataset(t: Translator, key: str = "data") -> dict | None:
     """Render the dataset widgets and preview; returns a DatasetSpec dict or None when not usable."""
     source = st.radio(t("data.source_label"), SOURCES, format_func=lambda s: t(f"data.source_{s}"),
-                      key=f"{key}_source", horizontal=True)
+                      key=f"{key}_source", persist_state="session", horizontal=True)
     st.caption(t(f"data.source_{source}_help"))
 
     try:
@@ -118,7 +118,7 @@ def pick_dataset(t: Translator, key: str = "data") -> dict | None:
         show_error(t, error)
         return None
 
-    chosen = st.multiselect(t("data.classes_label"), full.classes, default=full.classes, key=f"{key}_classes",
+    chosen = st.multiselect(t("data.classes_label"), full.classes, default=full.classes, key=f"{key}_classes", persist_state="session",
                             help=t("data.classes_help"))
     kept = [name for name in full.classes if name in chosen]
     if len(kept) < 2:
@@ -208,16 +208,16 @@ def pick_preprocessing(t: Translator, spec: dict, key: str = "prep", pretrained:
     with st.expander(t("data.prep_title"), expanded=False):
         columns = st.columns(2)
         size = columns[0].selectbox(t("data.prep_input_size"), sizes, index=sizes.index(default_size),
-                                    key=f"{key}_size", format_func=lambda s: t("data.prep_pixels", size=s))
-        resize = columns[1].selectbox(t("data.prep_resize"), RESIZE_POLICIES, key=f"{key}_resize",
+                                    key=f"{key}_size", persist_state="session", format_func=lambda s: t("data.prep_pixels", size=s))
+        resize = columns[1].selectbox(t("data.prep_resize"), RESIZE_POLICIES, key=f"{key}_resize", persist_state="session",
                                       format_func=lambda p: t(f"data.prep_resize_{p}"),
                                       help=t("data.prep_resize_help"))
-        gray = columns[0].checkbox(t("data.prep_grayscale"), value=False, key=f"{key}_gray",
+        gray = columns[0].checkbox(t("data.prep_grayscale"), value=False, key=f"{key}_gray", persist_state="session",
                                    disabled=pretrained, help=t("data.prep_grayscale_help"))
         normalizations = NORMALIZATIONS
         default_norm = "imagenet" if pretrained else "dataset"
         norm = columns[1].radio(t("data.prep_normalization"), normalizations,
-                                index=normalizations.index(default_norm), key=f"{key}_norm",
+                                index=normalizations.index(default_norm), key=f"{key}_norm", persist_state="session",
                                 format_func=lambda n: t(f"data.prep_norm_{n}"), help=t("data.prep_norm_help"))
 
         channels = 1 if gray and not pretrained else 3

@@ -62,7 +62,7 @@ def _pick_imagenet(t: Translator, config: ResNetConfig, key: str) -> dict | None
         return None
     names = [n for n in weights.IMAGENET_WEIGHT_NAMES if weights.weights_depth(n) == depth]
     default = names.index(weights.DEFAULT_IMAGENET_WEIGHTS[depth])
-    name = st.selectbox(t("data.weights_imagenet_label"), names, index=default, key=f"{key}_imagenet")
+    name = st.selectbox(t("data.weights_imagenet_label"), names, index=default, key=f"{key}_imagenet", persist_state="session")
     info = weights.weights_info(name)
     st.caption(t("data.weights_imagenet_facts", params=f"{info['num_params']:,}", size=info["size_mb"],
                  acc=info["acc_at_1"]))
@@ -91,7 +91,7 @@ def _pick_imagenet(t: Translator, config: ResNetConfig, key: str) -> dict | None
                                    url=info["url"]))
         else:
             st.rerun()
-    allow = st.checkbox(t("data.weights_allow_download"), key=f"{key}_allow_download",
+    allow = st.checkbox(t("data.weights_allow_download"), key=f"{key}_allow_download", persist_state="session",
                         help=t("data.weights_allow_download_help"))
     return {"kind": "imagenet", "weights": name, "allow_download": allow} if allow else None
 
@@ -159,7 +159,7 @@ def pick_weights(t: Translator, config: ResNetConfig, key: str = "weights") -> d
     is the real one. Returns {"kind": "none"} whenever the chosen weights cannot be used yet.
     """
     kind = st.radio(t("data.weights_label"), KINDS, format_func=lambda k: t(f"data.weights_kind_{k}"),
-                    key=f"{key}_kind", horizontal=True)
+                    key=f"{key}_kind", persist_state="session", horizontal=True)
     st.caption(t(f"data.weights_kind_{kind}_help"))
     pickers = {"imagenet": _pick_imagenet, "upload": _pick_upload, "run": _pick_run}
     if kind == "none":

@@ -61,12 +61,7 @@ def nav_link(page, path: str):
 
 
 def open_app(page, base_url: str, path: str = "", lang: str | None = None) -> None:
-    """Open the app at `path` (a key of PAGE_KEYS, "" for home) and wait for its title and navigation.
-
-    Until "/" has been opened once since the server started, Streamlit serves a page's own URL
-    in its pages-folder mode, whose sidebar lists raw file names. So after a restart, open ""
-    before any other path (tests/browser/test_deep_links.py covers that case).
-    """
+    """Open the app at `path` (a key of PAGE_KEYS, "" for home) and wait for its title and navigation."""
     page.goto(app_url(base_url, path, lang), timeout=TIMEOUT_MS)
     wait_for_page(page, path, lang)
 
