@@ -29,13 +29,16 @@ def test_settings_survive_sidebar_trip(streamlit_server, browser_page):
     query = widget(page, "stTextInput", tr(LANG, "glossary.search")).locator("input")
     query.fill("warmup")
     query.press("Enter")
-    page.get_by_role("heading", name=tr(LANG, "glossary.lr_warmup_name"), exact=True).wait_for(timeout=TIMEOUT_MS)
+    # Every term is listed before the search, so wait for one that does not match to go.
+    other_term = page.get_by_role("heading", name=tr(LANG, "glossary.bottleneck_name"), exact=True)
+    other_term.wait_for(state="detached", timeout=TIMEOUT_MS)
 
     go_to(page, LANG, "gradients")
     page.get_by_text(tr(LANG, "grad.points")).first.wait_for(timeout=TIMEOUT_MS)
     assert _section_checked(page, "shattered")
 
     go_to(page, LANG, "glossary")
+    other_term.wait_for(state="detached", timeout=TIMEOUT_MS)
     assert query.input_value() == "warmup"
     assert_no_errors(page, "glossary after the trip")
 
