@@ -48,7 +48,8 @@ def show_term(term: Term) -> None:
 st.title(t("glossary.title"))
 st.markdown(t("glossary.intro"))
 
-query = st.text_input(t("glossary.search"), key="glossary_query", persist_state="session", placeholder=t("glossary.search_placeholder"),
+query = st.text_input(t("glossary.search"), key="glossary_query", persist_state="session",
+                      placeholder=t("glossary.search_placeholder"),
                       help=t("glossary.search_help"))
 terms_by_id = {term.id: term for term in TERMS}
 ordered = sorted(TERMS, key=lambda term: sort_key(t(f"glossary.{term.id}_name")))

@@ -30,7 +30,7 @@ from core.gradients import (
 from core.models import IMAGENET_STAGES, ResNetConfig, canonical_name, cifar_config, imagenet_config
 from core.shattered import shattered
 from ui import state
-from ui.common import page_setup, show_error
+from ui.common import page_setup, remembered_run_id, show_error, show_run_id
 
 SECTIONS = ("probe", "shattered", "degradation")
 VARIANTS = ("residual", "plain")
@@ -65,35 +65,41 @@ def _request() -> tuple[ResNetConfig, ProbeSettings]:
 def _family_widgets() -> tuple[str, str]:
     """Family and block sit outside the form: they decide which depths the form offers."""
     columns = st.columns(2)
-    family = columns[0].radio(t("grad.family"), ("cifar", "imagenet"), key="grad_family", persist_state="session", horizontal=True,
-                              format_func=lambda value: t(f"grad.family_{value}"))
+    family = columns[0].radio(t("grad.family"), ("cifar", "imagenet"), key="grad_family", persist_state="session",
+                              horizontal=True, format_func=lambda value: t(f"grad.family_{value}"))
     block = "basic"
     if family == "cifar":
-        block = columns[1].radio(t("grad.block"), ("basic", "bottleneck"), key="grad_block", persist_state="session", horizontal=True,
-                                 format_func=lambda value: t(f"grad.block_{value}"))
+        block = columns[1].radio(t("grad.block"), ("basic", "bottleneck"), key="grad_block", persist_state="session",
+                                 horizontal=True, format_func=lambda value: t(f"grad.block_{value}"))
     return family, block
 
 
 def _probe_form(family: str, block: str) -> None:
     arch_name = canonical_name(state.get_arch_config()) or t("grad.custom_model")
     with st.form("grad_probe_form"):
-        use_arch = st.checkbox(t("grad.use_arch", name=arch_name), key="grad_use_arch", persist_state="session", help=t("grad.use_arch_help"))
+        use_arch = st.checkbox(t("grad.use_arch", name=arch_name), key="grad_use_arch", persist_state="session",
+                               help=t("grad.use_arch_help"))
         columns = st.columns(4)
         if family == "cifar":
-            depth = columns[0].selectbox(t("grad.depth"), CIFAR_DEPTHS[block], index=2, key=f"grad_depth_{block}", persist_state="session")
+            depth = columns[0].selectbox(t("grad.depth"), CIFAR_DEPTHS[block], index=2, key=f"grad_depth_{block}",
+                                         persist_state="session")
         else:
-            depth = columns[0].selectbox(t("grad.depth"), IMAGENET_DEPTHS, key="grad_depth_imagenet", persist_state="session",
-                                         help=t("grad.imagenet_block_help"))
+            depth = columns[0].selectbox(t("grad.depth"), IMAGENET_DEPTHS, key="grad_depth_imagenet",
+                                         persist_state="session", help=t("grad.imagenet_block_help"))
         # Applies to the model from Arquitectura too: a 224-px probe of a deep net is slow on a CPU.
         input_size = columns[0].selectbox(t("grad.input_size"), INPUT_SIZES, index=0 if family == "cifar" else 1,
-                                          key=f"grad_input_size_{family}", persist_state="session", help=t("grad.input_size_help"))
-        batch_size = columns[1].select_slider(t("grad.batch_size"), BATCH_SIZES, value=32, key="grad_batch_size", persist_state="session")
+                                          key=f"grad_input_size_{family}", persist_state="session",
+                                          help=t("grad.input_size_help"))
+        batch_size = columns[1].select_slider(t("grad.batch_size"), BATCH_SIZES, value=32, key="grad_batch_size",
+                                              persist_state="session")
         data = columns[1].radio(t("grad.data"), ("digits", "noise"), key="grad_data", persist_state="session",
                                 format_func=lambda value: t(f"grad.data_{value}"))
         batch_norm = columns[2].toggle(t("grad.batch_norm"), value=True, key="grad_batch_norm", persist_state="session")
-        init = columns[2].selectbox(t("grad.init"), ("he", "default", "zero_gamma", "fixup"), key="grad_init", persist_state="session",
+        init = columns[2].selectbox(t("grad.init"), ("he", "default", "zero_gamma", "fixup"), key="grad_init",
+                                    persist_state="session",
                                     format_func=lambda value: t(f"grad.init_{value}"), help=t("grad.init_help"))
-        steps = columns[3].number_input(t("grad.steps"), 0, MAX_STEPS, 5, key="grad_steps", persist_state="session", help=t("grad.steps_help"))
+        steps = columns[3].number_input(t("grad.steps"), 0, MAX_STEPS, 5, key="grad_steps", persist_state="session",
+                                        help=t("grad.steps_help"))
         lr = columns[3].select_slider(t("grad.lr"), LEARNING_RATES, value=0.1, key="grad_lr", persist_state="session")
         seed = columns[3].number_input(t("grad.seed"), 0, 10_000, 0, key="grad_seed", persist_state="session")
         submitted = st.form_submit_button(t("grad.run"), type="primary", key="grad_run")
@@ -312,7 +318,8 @@ def probe_section() -> None:
     _model_line(arch, settings, line)
 
     shown = st.pills(t("grad.networks"), VARIANTS, selection_mode="multi", default=list(VARIANTS),
-                     key="grad_shown", persist_state="session", format_func=lambda value: t(f"grad.net_{value}")) or list(VARIANTS)
+                     key="grad_shown", persist_state="session",
+                     format_func=lambda value: t(f"grad.net_{value}")) or list(VARIANTS)
     _divergence_banners(results, settings)
     longest = max(len(steps) for steps in results.values())
     step = 0
@@ -385,36 +392,18 @@ def shattered_section() -> None:
 
 # --- degradation -----------------------------------------------------------------------------------
 
-def _current_run_id() -> str | None:
-    run_id = st.query_params.get(RUN_PARAM)
-    if not run_id:
-        return None
-    try:
-        run_id = jobs.validate_run_id(run_id)
-    except LabError as error:
-        show_error(t, error)
-        return None
-    st.session_state[LAST_RUN] = run_id
-    return run_id
-
-
 def _start_run(preset: str) -> None:
     config = degradation.preset_config(preset)
     run_id = jobs.submit("degradation", config.to_dict(), name=t(f"grad.preset_{preset}"))
     jobs.ensure_worker()
-    _show_run(run_id)
-
-
-def _show_run(run_id: str) -> None:
-    st.query_params[RUN_PARAM] = run_id
-    st.session_state[LAST_RUN] = run_id
+    show_run_id(RUN_PARAM, LAST_RUN, run_id)
 
 
 def _run_picker() -> None:
     runs = jobs.list_runs(kind="degradation")
     if not runs:
         return
-    current = st.query_params.get(RUN_PARAM)
+    current = st.query_params.get(RUN_PARAM) or st.session_state.get(LAST_RUN)  # the URL loses it on a page switch
     ids = [run.id for run in runs]
     index = ids.index(current) if current in ids else None
     labels = {run.id: t("grad.deg_run_label", name=run.name, run_id=run.id, status=t(f"grad.status_{run.status}"))
@@ -422,7 +411,7 @@ def _run_picker() -> None:
     chosen = st.selectbox(t("grad.deg_previous"), ids, index=index, key="grad_deg_pick",
                           format_func=lambda run_id: labels[run_id], placeholder=t("grad.deg_pick_placeholder"))
     if chosen and chosen != current:
-        _show_run(chosen)
+        show_run_id(RUN_PARAM, LAST_RUN, chosen)
         st.rerun()
 
 
@@ -503,12 +492,12 @@ def _results_table(plan: dict) -> None:
         st.caption(t("grad.deg_note"))
 
 
-def _render_run(run_id: str) -> bool:
-    """Draw a run's state; return True while it is still active."""
+def _render_run(run_id: str) -> jobs.Run | None:
+    """Draw a run's state and return the run as drawn, or None when it is not found."""
     run = jobs.get(run_id)
     if run is None:
         st.warning(t("grad.deg_missing", run_id=run_id))
-        return False
+        return None
     _run_status(run)
     plan = _run_plan(run_id)
     if plan:
@@ -516,22 +505,22 @@ def _render_run(run_id: str) -> bool:
         _results_table(plan)
     if run.is_active and st.button(t("grad.deg_cancel"), key="grad_deg_cancel"):
         jobs.cancel(run_id)
-    return run.is_active
+    return run
 
 
 @st.fragment(run_every=1)
 def _live_run(run_id: str, drawn_status: str) -> None:
-    if not _render_run(run_id):
+    run = _render_run(run_id)
+    if run is None or not run.is_active:
         st.rerun()  # the run ended: draw the final state once, without polling
-    run = jobs.get(run_id)
-    if run is not None and run.status != drawn_status:
+    if run.status != drawn_status:
         st.rerun()  # queued -> running: redraw the run picker, whose labels show the status
 
 
 def degradation_section() -> None:
     st.markdown(t("grad.deg_intro"))
-    preset = st.radio(t("grad.preset"), degradation.PRESETS, key="grad_preset", persist_state="session", horizontal=True,
-                      format_func=lambda value: t(f"grad.preset_{value}"))
+    preset = st.radio(t("grad.preset"), degradation.PRESETS, key="grad_preset", persist_state="session",
+                      horizontal=True, format_func=lambda value: t(f"grad.preset_{value}"))
     config = degradation.preset_config(preset)
     st.caption(t("grad.preset_desc", shallow=config.depths[0], deep=config.depths[1], epochs=config.epochs,
                  size=config.input_size, batch=config.batch_size, lr=config.lr_max))
@@ -542,7 +531,7 @@ def degradation_section() -> None:
             show_error(t, error)
     _run_picker()
 
-    run_id = _current_run_id()
+    run_id = remembered_run_id(RUN_PARAM, LAST_RUN)
     if run_id is None:
         st.caption(t("grad.deg_none"))
         return
@@ -557,14 +546,13 @@ def degradation_section() -> None:
 
 st.title(t("grad.title"))
 st.markdown(t("grad.intro"))
-if not st.query_params.get(RUN_PARAM) and st.session_state.get(LAST_RUN):
-    st.query_params[RUN_PARAM] = st.session_state[LAST_RUN]  # a page switch drops the query
 requested_section = st.query_params.get(SECTION_PARAM)
 if requested_section in SECTIONS:
     st.session_state["grad_section"] = requested_section
     del st.query_params[SECTION_PARAM]  # once opened, the section control decides
 if "grad_section" not in st.session_state:
-    st.session_state["grad_section"] = "degradation" if st.query_params.get(RUN_PARAM) else "probe"
+    has_run = st.query_params.get(RUN_PARAM) or st.session_state.get(LAST_RUN)
+    st.session_state["grad_section"] = "degradation" if has_run else "probe"
 section = st.segmented_control(t("grad.section"), SECTIONS, key="grad_section", persist_state="session",
                                format_func=lambda value: t(f"grad.section_{value}")) or "probe"
 

@@ -26,7 +26,7 @@ from core.errors import LabError
 from core.models import ResNetConfig, build_resnet, canonical_name, total_stride, weighted_depth
 from core.schedule import Schedule
 from ui import run_charts, state
-from ui.common import page_setup, show_error
+from ui.common import page_setup, remembered_run_id, show_error, show_run_id
 from ui.dataset_picker import _cached_dataset, pick_dataset, pick_preprocessing
 from ui.weights_picker import pick_weights
 
@@ -53,27 +53,8 @@ def session_owner() -> str:
     return st.session_state[OWNER_KEY]
 
 
-def current_run_id() -> str | None:
-    value = st.query_params.get(RUN_PARAM) or st.session_state.get(LAST_RUN)
-    if not value:
-        return None
-    try:
-        run_id = jobs.validate_run_id(value)
-    except LabError as error:
-        show_error(t, error)
-        return None
-    st.query_params[RUN_PARAM] = run_id  # back in the URL after a page switch dropped it
-    st.session_state[LAST_RUN] = run_id
-    return run_id
-
-
 def open_run(run_id: str | None) -> None:
-    if run_id is None:
-        st.query_params.pop(RUN_PARAM, None)
-        st.session_state.pop(LAST_RUN, None)
-    else:
-        st.query_params[RUN_PARAM] = run_id
-        st.session_state[LAST_RUN] = run_id
+    show_run_id(RUN_PARAM, LAST_RUN, run_id)
     st.session_state.pop(NEW_RUN_OPEN, None)  # the form goes back to its default: folded under a run
 
 
@@ -121,10 +102,12 @@ def training_options() -> dict:
         patience = columns[2].number_input(t("train.patience"), min_value=1, max_value=50, value=3, step=1,
                                            key="train_patience", persist_state="session", disabled=not stop)
         min_delta = columns[0].number_input(t("train.min_delta"), min_value=0.0, max_value=1.0, value=0.0,
-                                            step=0.001, format="%.3f", key="train_min_delta", persist_state="session", disabled=not stop)
-        amp = columns[1].toggle(t("train.amp"), value=True, key="train_amp", persist_state="session", help=t("train.amp_help"))
-        channels_last = columns[2].toggle(t("train.channels_last"), value=True, key="train_channels_last", persist_state="session",
-                                          help=t("train.channels_last_help"))
+                                            step=0.001, format="%.3f", key="train_min_delta", persist_state="session",
+                                            disabled=not stop)
+        amp = columns[1].toggle(t("train.amp"), value=True, key="train_amp", persist_state="session",
+                                help=t("train.amp_help"))
+        channels_last = columns[2].toggle(t("train.channels_last"), value=True, key="train_channels_last",
+                                          persist_state="session", help=t("train.channels_last_help"))
     return {
         "batch_size": int(batch_size),
         "grad_clip_norm": float(clip) or None,
@@ -174,7 +157,8 @@ def new_run_form() -> None:
             st.warning(t("train.frozen_random_warning", groups=", ".join(frozen)))
     options = training_options()
 
-    run_name = st.text_input(t("train.run_name"), key="train_run_name", persist_state="session", placeholder=t("train.run_name_placeholder"))
+    run_name = st.text_input(t("train.run_name"), key="train_run_name", persist_state="session",
+                             placeholder=t("train.run_name_placeholder"))
     if st.button(t("train.start"), type="primary", key="train_start"):
         config = {"architecture": run_arch.to_dict(), "schedule": schedule, "epochs": epochs, "data": spec,
                   "preprocessing": preprocessing, "weights": weights, "train": options}
@@ -430,7 +414,7 @@ st.title(t("train.title"))
 st.markdown(t("train.intro"))
 jobs.recover_orphans()  # after a server restart: runs whose worker is gone become "interrupted"
 
-run_id = current_run_id()
+run_id = remembered_run_id(RUN_PARAM, LAST_RUN)
 if run_id is not None:
     current_run_section(run_id)
 

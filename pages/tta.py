@@ -117,8 +117,8 @@ def imagenet_option(t: Translator, depth: int) -> str:
 def choose_imagenet_model(t: Translator) -> tuple[tta.ModelBundle, str] | None:
     cached = [d for d in IMAGENET_DEPTHS if weights.is_cached(weights.DEFAULT_IMAGENET_WEIGHTS[d])]
     default_index = IMAGENET_DEPTHS.index(cached[0]) if cached else 0
-    depth = st.selectbox(t("tta.imagenet_depth"), IMAGENET_DEPTHS, index=default_index, key="tta_imagenet_depth", persist_state="session",
-                         format_func=lambda d: imagenet_option(t, d))
+    depth = st.selectbox(t("tta.imagenet_depth"), IMAGENET_DEPTHS, index=default_index, key="tta_imagenet_depth",
+                         persist_state="session", format_func=lambda d: imagenet_option(t, d))
     name = weights.DEFAULT_IMAGENET_WEIGHTS[depth]
     if not weights.is_cached(name):
         info = weights.weights_info(name)
@@ -137,9 +137,10 @@ def choose_checkpoint_model(t: Translator) -> tuple[tta.ModelBundle, str] | None
     upload = st.file_uploader(t("tta.checkpoint_upload"), key="tta_checkpoint", help=t("tta.checkpoint_help"))
     left, right = st.columns(2)
     input_size = left.number_input(t("tta.checkpoint_input_size"), min_value=8, max_value=1024, value=None,
-                                   step=8, key="tta_checkpoint_size", persist_state="session", placeholder=t("tta.checkpoint_size_auto"))
-    normalization = right.selectbox(t("tta.checkpoint_normalization"), NORMALIZATIONS, key="tta_checkpoint_norm", persist_state="session",
-                                    format_func=lambda n: t(f"tta.normalization_{n}"))
+                                   step=8, key="tta_checkpoint_size", persist_state="session",
+                                   placeholder=t("tta.checkpoint_size_auto"))
+    normalization = right.selectbox(t("tta.checkpoint_normalization"), NORMALIZATIONS, key="tta_checkpoint_norm",
+                                    persist_state="session", format_func=lambda n: t(f"tta.normalization_{n}"))
     if upload is None:
         st.info(t("tta.checkpoint_waiting"))
         return None
@@ -174,8 +175,8 @@ def model_section(t: Translator) -> tuple[tta.ModelBundle, str] | None:
     runs = finished_runs()
     if "tta_model_source" not in st.session_state:
         st.session_state["tta_model_source"] = default_model_source(runs)
-    source = st.radio(t("tta.model_source"), MODEL_SOURCES, key="tta_model_source", persist_state="session", horizontal=True,
-                      format_func=lambda s: t(f"tta.model_src_{s}"))
+    source = st.radio(t("tta.model_source"), MODEL_SOURCES, key="tta_model_source", persist_state="session",
+                      horizontal=True, format_func=lambda s: t(f"tta.model_src_{s}"))
     try:
         if source == "run":
             chosen = choose_run_model(t, runs)
@@ -216,7 +217,8 @@ def uploaded_files(t: Translator) -> list[tuple[str, bytes]]:
     remembered = st.session_state.get(KEPT_UPLOADS) or []
     if remembered:
         columns = st.columns([4, 1], vertical_alignment="center")
-        columns[0].caption(t("tta.kept_uploads", count=len(remembered), names=", ".join(name for name, _ in remembered)))
+        columns[0].caption(t("tta.kept_uploads", count=len(remembered), names=", ".join(name for name,
+                                                                                        _ in remembered)))
         columns[1].button(t("tta.forget_uploads"), key="tta_forget_uploads", on_click=forget_uploads)
     return list(remembered)
 
@@ -231,8 +233,8 @@ def run_images(t: Translator, run_id: str, class_names: list[str]) -> list[tuple
     offered = tta.pick_evenly(split.labels.tolist(), RUN_IMAGE_CHOICES)
     labels = {index: t("tta.run_image_option", index=index, label=class_names[int(split.labels[index])])
               for index in offered}
-    chosen = st.multiselect(t("tta.run_image_select"), offered, default=offered[:2], key=f"tta_run_images_{run_id}", persist_state="session",
-                            format_func=lambda index: labels[index])
+    chosen = st.multiselect(t("tta.run_image_select"), offered, default=offered[:2], key=f"tta_run_images_{run_id}",
+                            persist_state="session", format_func=lambda index: labels[index])
     files = []
     for index in chosen:
         buffer = io.BytesIO()
@@ -254,8 +256,8 @@ def image_section(t: Translator, bundle: tta.ModelBundle | None) -> list[Decoded
     elif source == "sample":
         photos = {photo.name: photo for photo in sample_photos()}
         default = [DEFAULT_SAMPLE] if DEFAULT_SAMPLE in photos else []
-        chosen = st.multiselect(t("tta.sample_select"), list(photos), default=default, key="tta_samples", persist_state="session",
-                                format_func=lambda n: t(f"tta.sample_{n}"))
+        chosen = st.multiselect(t("tta.sample_select"), list(photos), default=default, key="tta_samples",
+                                persist_state="session", format_func=lambda n: t(f"tta.sample_{n}"))
         files = [(photos[name].file_name, photos[name].data) for name in chosen]
     elif source == "upload":
         files = uploaded_files(t)
@@ -295,7 +297,8 @@ def view_label(t: Translator, view: tta.View) -> str:
 
 def views_section(t: Translator) -> tuple[list[str], str, int] | None:
     st.header(t("tta.views_header"))
-    families = st.multiselect(t("tta.views_label"), tta.VIEW_FAMILIES, default=DEFAULT_FAMILIES, key="tta_families", persist_state="session",
+    families = st.multiselect(t("tta.views_label"), tta.VIEW_FAMILIES, default=DEFAULT_FAMILIES, key="tta_families",
+                              persist_state="session",
                               format_func=lambda f: family_label(t, f), help=t("tta.views_help"))
     left, right = st.columns([2, 1])
     mode = left.radio(t("tta.merge_label"), tta.MERGE_MODES, key="tta_merge", persist_state="session", horizontal=True,
@@ -540,7 +543,8 @@ def evaluation_section(t: Translator, bundle: tta.ModelBundle, model_key: str, f
     sources = EVAL_SOURCES if bundle.source == "run" else ("zip",)
     source = st.radio(t("tta.eval_source"), sources, key="tta_eval_source", persist_state="session", horizontal=True,
                       format_func=lambda s: t(f"tta.eval_src_{s}"))
-    limit = st.slider(t("tta.eval_max_images"), EVAL_MIN, EVAL_MAX, EVAL_DEFAULT, step=10, key="tta_eval_limit", persist_state="session")
+    limit = st.slider(t("tta.eval_max_images"), EVAL_MIN, EVAL_MAX, EVAL_DEFAULT, step=10, key="tta_eval_limit",
+                      persist_state="session")
     try:
         found = labelled_samples(t, bundle, source, limit)
     except LabError as error:

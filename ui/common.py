@@ -11,6 +11,7 @@ from streamlit.errors import StreamlitPageNotFoundError
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from core import jobs
 from core.errors import LabError
 from core.i18n import LANGUAGES, translate
 from core.models import canonical_name, weighted_depth
@@ -119,6 +120,33 @@ def guarded(t: Translator, action: Callable[[], object]) -> object | None:
     except Exception as error:  # noqa: BLE001 - every error reaching a page becomes a message
         show_error(t, error)
         return None
+
+
+def remembered_run_id(param: str, session_key: str) -> str | None:
+    """Return the run id in `?param=`, or this session's last one when a page switch dropped the query.
+
+    A valid id is written back to the URL and the session. An invalid one gets a translated message.
+    """
+    value = st.query_params.get(param) or st.session_state.get(session_key)
+    if not value:
+        return None
+    try:
+        run_id = jobs.validate_run_id(value)
+    except LabError as error:
+        show_error(translator(), error)
+        return None
+    show_run_id(param, session_key, run_id)
+    return run_id
+
+
+def show_run_id(param: str, session_key: str, run_id: str | None) -> None:
+    """Put `run_id` into `?param=` and the session, or remove it from both when it is None."""
+    if run_id is None:
+        st.query_params.pop(param, None)
+        st.session_state.pop(session_key, None)
+    else:
+        st.query_params[param] = run_id
+        st.session_state[session_key] = run_id
 
 
 def page_link(page_file: str, label: str, icon: str | None = None,

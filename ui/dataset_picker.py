@@ -75,8 +75,8 @@ def _source_inputs(t: Translator, source: str, key: str) -> dict | None:
                      skipped=len(extracted.skipped)))
         return {"path": str(extracted.root), "upload_name": upload.name}
     if source == "folder":
-        path = st.text_input(t("data.folder_label"), key=f"{key}_folder", persist_state="session", help=t("data.folder_help"),
-                             placeholder=t("data.folder_placeholder"))
+        path = st.text_input(t("data.folder_label"), key=f"{key}_folder", persist_state="session",
+                             help=t("data.folder_help"), placeholder=t("data.folder_placeholder"))
         if not path.strip():
             st.info(t("data.folder_waiting"))
             return None
@@ -91,7 +91,8 @@ def _source_inputs(t: Translator, source: str, key: str) -> dict | None:
 def _split_options(t: Translator, key: str) -> dict:
     columns = st.columns(3)
     val_percent = columns[0].slider(t("data.val_fraction"), min_value=5, max_value=50, value=20, step=5,
-                                    key=f"{key}_val", persist_state="session", help=t("data.val_fraction_help"), format="%d %%")
+                                    key=f"{key}_val", persist_state="session", help=t("data.val_fraction_help"),
+                                    format="%d %%")
     seed = columns[1].number_input(t("data.seed"), min_value=0, max_value=2**31 - 1, value=0, step=1,
                                    key=f"{key}_seed", persist_state="session", help=t("data.seed_help"))
     cap = columns[2].number_input(t("data.max_per_class"), min_value=0, max_value=100_000, value=0, step=50,
@@ -118,8 +119,8 @@ def pick_dataset(t: Translator, key: str = "data") -> dict | None:
         show_error(t, error)
         return None
 
-    chosen = st.multiselect(t("data.classes_label"), full.classes, default=full.classes, key=f"{key}_classes", persist_state="session",
-                            help=t("data.classes_help"))
+    chosen = st.multiselect(t("data.classes_label"), full.classes, default=full.classes, key=f"{key}_classes",
+                            persist_state="session", help=t("data.classes_help"))
     kept = [name for name in full.classes if name in chosen]
     if len(kept) < 2:
         st.warning(t("data.classes_too_few"))
@@ -208,9 +209,10 @@ def pick_preprocessing(t: Translator, spec: dict, key: str = "prep", pretrained:
     with st.expander(t("data.prep_title"), expanded=False):
         columns = st.columns(2)
         size = columns[0].selectbox(t("data.prep_input_size"), sizes, index=sizes.index(default_size),
-                                    key=f"{key}_size", persist_state="session", format_func=lambda s: t("data.prep_pixels", size=s))
-        resize = columns[1].selectbox(t("data.prep_resize"), RESIZE_POLICIES, key=f"{key}_resize", persist_state="session",
-                                      format_func=lambda p: t(f"data.prep_resize_{p}"),
+                                    key=f"{key}_size", persist_state="session",
+                                    format_func=lambda s: t("data.prep_pixels", size=s))
+        resize = columns[1].selectbox(t("data.prep_resize"), RESIZE_POLICIES, key=f"{key}_resize",
+                                      persist_state="session", format_func=lambda p: t(f"data.prep_resize_{p}"),
                                       help=t("data.prep_resize_help"))
         gray = columns[0].checkbox(t("data.prep_grayscale"), value=False, key=f"{key}_gray", persist_state="session",
                                    disabled=pretrained, help=t("data.prep_grayscale_help"))

@@ -101,10 +101,12 @@ def throughput_figure(t: Translator, train: pd.DataFrame) -> go.Figure:
 def overlay_figure(t: Translator, curves: dict[str, pd.DataFrame], metric: str) -> go.Figure:
     """Validation `metric` per epoch of several runs, one line per run name."""
     figure = _figure(t(f"train.overlay_{metric}"), t("train.axis_epoch"), t(f"train.axis_{metric}"))
+    drawn_epochs = [pd.Series(dtype=float)]
     for name, frame in curves.items():
         rows = _column(frame, metric)
         figure.add_trace(go.Scatter(x=rows["epoch"] + 1, y=rows[metric], name=name, mode=MARKERS_AND_LINES))
-    epochs = pd.concat([_column(frame, metric)["epoch"] + 1 for frame in curves.values()] or [pd.Series(dtype=float)])
+        drawn_epochs.append(rows["epoch"] + 1)
+    epochs = pd.concat(drawn_epochs)
     if epochs.empty:  # no run has finished an epoch yet: a note instead of empty axes
         figure.add_annotation(text=t("train.overlay_empty"), showarrow=False, xref="paper", yref="paper",
                               x=0.5, y=0.5)

@@ -62,7 +62,8 @@ def _pick_imagenet(t: Translator, config: ResNetConfig, key: str) -> dict | None
         return None
     names = [n for n in weights.IMAGENET_WEIGHT_NAMES if weights.weights_depth(n) == depth]
     default = names.index(weights.DEFAULT_IMAGENET_WEIGHTS[depth])
-    name = st.selectbox(t("data.weights_imagenet_label"), names, index=default, key=f"{key}_imagenet", persist_state="session")
+    name = st.selectbox(t("data.weights_imagenet_label"), names, index=default, key=f"{key}_imagenet",
+                        persist_state="session")
     info = weights.weights_info(name)
     st.caption(t("data.weights_imagenet_facts", params=f"{info['num_params']:,}", size=info["size_mb"],
                  acc=info["acc_at_1"]))

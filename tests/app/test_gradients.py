@@ -194,3 +194,16 @@ def test_zero_gamma_plain_heatmap_explained():
     infos = texts(at.info)
     assert translate("en", "grad.heatmap_all_zero", net=translate("en", "grad.net_plain")) in infos
     assert translate("en", "grad.heatmap_all_zero", net=translate("en", "grad.net_residual")) not in infos
+
+
+def test_run_picker_shows_remembered_run(finished_run):
+    at = open_page("app.py", "en")
+    at.run()
+    at.switch_page(PAGE)
+    at.query_params[RUN_PARAM] = finished_run
+    at.run()
+    at.switch_page("pages/glossary.py").run()
+    at.query_params.pop(RUN_PARAM, None)  # the sidebar link drops the query, as in a browser
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    assert at.selectbox(key="grad_deg_pick").value == finished_run

@@ -177,7 +177,7 @@ def test_reuse_restores_network_and_plan(store):
 
 def test_last_steps_say_finishing(store):
     run_id = store.submit("train", {"device": "finish-test"}, name="almost")
-    store.register_worker(os.getpid(), "finish-test")  # this process stands in for the worker
+    store.register_worker(os.getpid(), "finish-test")  # this process acts as the worker
     assert store.claim_next("finish-test", os.getpid()).id == run_id
     store.update_progress(run_id, 40, 40)
     at = open_page(PAGE, "en")
