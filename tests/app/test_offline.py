@@ -17,7 +17,7 @@ TITLE_KEYS = {"home": "home.title", "architecture": "arch.title", "gradients": "
 
 
 class NetworkUnreachable(OSError):
-    pass
+    """The error every outgoing connection raises while the network is off."""
 
 
 def _fail_connection(*args, **kwargs):

@@ -283,7 +283,7 @@ def test_uploads_survive_page_switch(finished_run):
     assert translate("es", "tta.waiting_upload") in texts(at)
 
 
-def test_run_model_starts_on_its_validation_images(finished_run):
+def test_run_model_shows_validation_images(finished_run):
     at = open_page(PAGE, "en")
     at.run()
     assert not at.exception
